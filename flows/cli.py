@@ -1,0 +1,154 @@
+"""`tierflow` command line. Every run command is a Prefect flow; with no PREFECT_API_URL, Prefect starts a
+temporary local server for the process (about 15-20 s), so the CLI needs no server running.
+
+On failure: exit status 1, a one-line cause first on stderr, detail after.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from transforms.calendar import Month, parse_day
+
+# Prefect's per-task INFO logs drown the progress lines; operators can lower it again with the env variable.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+DEMO_SUBSCRIBERS = 5_000
+DEMO_START = Month(2025, 1)
+DEMO_MONTHS = 14
+
+
+def _month(text: str) -> str:
+    try:
+        return str(Month.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _day(text: str) -> str:
+    try:
+        return f"{parse_day(text):%Y-%m-%d}"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tierflow", description="Monthly subscriber tiering pipeline.")
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument("--home", default=os.environ.get("TIERFLOW_HOME", "./data"),
+                      help="tierflow home: landing/, warehouse, outbox (default ./data or $TIERFLOW_HOME)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", parents=[home], help="generate a small province, backfill it, print a summary")
+    demo.add_argument("--subscribers", type=_positive, default=DEMO_SUBSCRIBERS)
+
+    gen = sub.add_parser("generate", parents=[home], help="write synthetic extracts into landing/")
+    gen.add_argument("--subscribers", type=_positive, required=True)
+    gen.add_argument("--start", type=_month, required=True)
+    gen.add_argument("--months", type=_positive, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+
+    nightly = sub.add_parser("nightly", parents=[home], help="ingest everything delivered up to a day")
+    nightly.add_argument("--day", type=_day, required=True)
+
+    monthly = sub.add_parser("monthly", parents=[home], help="the monthly grading run of a month")
+    monthly.add_argument("--month", type=_month, required=True)
+    monthly.add_argument("--rules", default=None, help="rule pack name in rules/ or a path (default six-star)")
+
+    backfill = sub.add_parser("backfill", parents=[home], help="every nightly and monthly run of a range")
+    backfill.add_argument("--start", type=_month, required=True)
+    backfill.add_argument("--end", type=_month, required=True)
+    backfill.add_argument("--rules", default=None)
+    backfill.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    sub.add_parser("status", parents=[home], help="delivered, pending, rejected, graded and stale")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    home = Path(args.home).resolve()
+    try:
+        return COMMANDS[args.command](args, home) or 0
+    except KeyboardInterrupt:
+        print("tierflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the operator gets the cause in one line, the detail after
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"tierflow {args.command}: error: {cause}", file=sys.stderr)
+        if os.environ.get("TIERFLOW_DEBUG"):
+            traceback.print_exc()
+        else:
+            print(f"  ({type(exc).__name__}; set TIERFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def cmd_generate(args, home: Path) -> int:
+    from transforms.generate import generate_province
+    summary = generate_province(home, args.subscribers, Month.parse(args.start), args.months, args.seed,
+                                progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"wrote {summary['files']} files for {summary['subscribers']:,} subscribers x {summary['months']} "
+          f"months into {summary['landing']}")
+    return 0
+
+
+def cmd_nightly(args, home: Path) -> int:
+    from flows.pipeline import nightly_flow
+    summary = nightly_flow(str(home), args.day)
+    print(f"nightly {args.day}: {summary['loaded']} file(s) loaded, {len(summary['rejected'])} rejected, "
+          f"{len(summary['pending'])} pending")
+    return 1 if summary["rejected"] else 0
+
+
+def cmd_monthly(args, home: Path) -> int:
+    from flows.pipeline import monthly_flow
+    print(monthly_flow(str(home), args.month, args.rules))
+    return 0
+
+
+def cmd_backfill(args, home: Path) -> int:
+    from flows.pipeline import backfill_flow
+    lines = backfill_flow(str(home), args.start, args.end, args.rules, args.dry_run)
+    print("\n".join(lines) if lines else "nothing to do: every month is up to date")
+    return 0
+
+
+def cmd_status(args, home: Path) -> int:
+    from transforms.status import status_report
+    from transforms.warehouse import connect, warehouse_path
+    con = connect(home, read_only=True) if warehouse_path(home).exists() else None
+    try:
+        print("\n".join(status_report(con, home)))
+    finally:
+        if con is not None:
+            con.close()
+    return 0
+
+
+def cmd_demo(args, home: Path) -> int:
+    if (home / "landing").exists() and any((home / "landing").iterdir()):
+        raise ValueError(f"{home} already has a landing area: the demo needs an empty --home")
+    end = DEMO_START + (DEMO_MONTHS - 1)
+    args.start, args.months, args.seed = str(DEMO_START), DEMO_MONTHS, 0
+    cmd_generate(args, home)
+    args.start, args.end, args.rules, args.dry_run = str(DEMO_START), str(end), None, False
+    cmd_backfill(args, home)
+    print()
+    return cmd_status(args, home)
+
+
+COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "nightly": cmd_nightly, "monthly": cmd_monthly,
+            "backfill": cmd_backfill, "status": cmd_status}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Prefect flows: nightly, monthly and backfill. Thin orchestration over transforms/.
+
+Tasks receive the home directory (a path), never a DuckDB connection: each task opens the warehouse itself,
+so tasks can run in other processes and only one of them writes at a time.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from prefect import flow, task
+
+from transforms.backfill import plan_backfill
+from transforms.calendar import Month, parse_day
+from transforms.ingest import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, reconciliation_failures, scan_landing
+from transforms.ledger import finish_run, start_run
+from transforms.monthly import MonthlyError, input_files, is_up_to_date, run_monthly
+from transforms.rulepack import RulePack, load_pack
+from transforms.warehouse import connect
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+DEFAULT_PACK = "six-star"
+
+
+class RunFailed(Exception):
+    """A run stopped on purpose; the message is the one-line cause for the operator."""
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve_pack(rules: str | None) -> RulePack:
+    """A pack by name (rules/<name>.yaml) or by path."""
+    name = rules or DEFAULT_PACK
+    path = Path(name)
+    if not path.suffix:
+        path = RULES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise RunFailed(f"rule pack {name!r} not found (looked for {path})")
+    return load_pack(path)
+
+
+@task(name="ingest-deliveries")
+def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | None = None,
+                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict:
+    """Loads every delivered file (up to a day, or of one day) not loaded yet, in delivery order."""
+    scan = scan_landing(Path(home), up_to=only_day or up_to)
+    deliveries = [d for d in scan.delivered if only_day is None or d.day == only_day]
+    con = connect(Path(home))
+    try:
+        period = f"{(only_day or up_to or date.today()):%Y-%m-%d}"
+        run_id = start_run(con, "ingest", period)
+        started = time.monotonic()
+        results = [ingest_delivery(con, Path(home), d, run_id, max_quarantine_share) for d in deliveries]
+        changed = [r for r in results if r.status != "UNCHANGED"]
+        for r in changed:
+            progress(f"  {r.line()}")
+        problems = reconciliation_failures(con)
+        status = "FAILED" if problems else "SUCCESS"
+        finish_run(con, run_id, status, "; ".join(problems),
+                   input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status, "loaded": r.loaded,
+                                 "quarantined": r.quarantined} for r in changed],
+                   checks={"reconciliation": "ok" if not problems else problems},
+                   timings={"seconds": round(time.monotonic() - started, 3)})
+        if problems:
+            raise RunFailed(f"reconciliation failed: {problems[0]}")
+        return {"loaded": sum(r.status == "LOADED" for r in results),
+                "rejected": [r.line() for r in results if r.status == "REJECTED"],
+                "pending": [str(p.dat_path) for p in scan.pending]}
+    finally:
+        con.close()
+
+
+@task(name="monthly-grading")
+def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: bool = False) -> str:
+    """The monthly run of one month; with only_if_stale, skips a month already up to date."""
+    pack = resolve_pack(rules)
+    target = Month.parse(month)
+    con = connect(Path(home))
+    try:
+        if only_if_stale and is_up_to_date(con, target, pack.version):
+            return f"{target}: up to date"
+        run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
+        started = time.monotonic()
+        try:
+            result = run_monthly(con, target, pack, run_id)
+        except MonthlyError as exc:
+            finish_run(con, run_id, "FAILED", str(exc))
+            raise RunFailed(str(exc)) from None
+        finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
+                   checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
+                           "points": result.points},
+                   timings={"seconds": round(time.monotonic() - started, 3)})
+        return result.line()
+    finally:
+        con.close()
+
+
+@flow(name="nightly")
+def nightly_flow(home: str, day: str) -> dict:
+    """Ingests everything delivered up to a day (redemptions and suspensions are loaded here; the monthly run
+    of their month applies them)."""
+    summary = ingest_deliveries(home, up_to=parse_day(day))
+    if summary["rejected"]:
+        progress(f"{len(summary['rejected'])} file(s) rejected")
+    return summary
+
+
+@flow(name="monthly")
+def monthly_flow(home: str, month: str, rules: str | None = None) -> str:
+    """Ingests pending deliveries, then grades the month."""
+    Month.parse(month)
+    ingest_deliveries(home)
+    line = grade_month(home, month, rules)
+    progress(line)
+    return line
+
+
+@flow(name="backfill")
+def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry_run: bool = False) -> list[str]:
+    """Every nightly and monthly run of the range in date order; months already up to date are skipped, so
+    running it twice changes nothing."""
+    resolve_pack(rules)  # fail before doing anything if the pack is unusable
+    steps = plan_backfill(scan_landing(Path(home)), Month.parse(start), Month.parse(end))
+    if dry_run:
+        return [str(s) for s in steps]
+    months = [s.month for s in steps if s.kind == "monthly"]
+    lines = []
+    for n, step in enumerate(steps, 1):
+        if step.kind == "ingest":
+            ingest_deliveries(home, only_day=step.day)
+            continue
+        # Every month up to this one, in order: a re-delivery ingested since may have made earlier ones stale.
+        for month in months[:months.index(step.month) + 1]:
+            line = grade_month(home, str(month), rules, only_if_stale=True)
+            if month == step.month or not line.endswith("up to date"):
+                progress(f"[{n}/{len(steps)}] {line}")
+                lines.append(line)
+    return lines

@@ -1,0 +1,167 @@
+"""Ingestion into the warehouse: control totals, quarantine threshold, reconciliation, re-delivery,
+idempotent reloads and the ACCT change history."""
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.builders import Sub, deliver
+from transforms.calendar import Month
+from transforms.ingest import ingest_delivery, reconciliation_failures, scan_landing, snapshot_date_for
+from transforms.warehouse import connect
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "samples" / "landing"
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def con(home):
+    con = connect(home)
+    yield con
+    con.close()
+
+
+def ingest_all(con, home):
+    return [ingest_delivery(con, home, d, "test") for d in scan_landing(home).delivered]
+
+
+def bill_lines(n: int, month: str = "202601") -> list[str]:
+    return [f"S{i:07d}|{month}|RENT|{1000 + i}" for i in range(n)]
+
+
+def test_spec_samples_load_cleanly(home, con):
+    shutil.copytree(SAMPLES, home / "landing")
+    results = ingest_all(con, home)
+    assert [(r.file_name, r.status, r.loaded, r.quarantined) for r in results] == [
+        ("SUSP_20260115.dat", "LOADED", 1, 0), ("REDEEM_20260120.dat", "LOADED", 1, 0),
+        ("ACCT_20260131.dat", "LOADED", 4, 0), ("BILL_202601.dat", "LOADED", 10, 0)]
+    assert reconciliation_failures(con) == []
+    # The SUSP and REDEEM files came before any snapshot: their subscribers are orphans at load time.
+    assert [r.orphans for r in results] == [1, 1, 0, 0]
+    name = con.execute("SELECT cust_name FROM raw.subscriber_history WHERE subs_id = 'S0000101'").fetchone()
+    assert name == ("王伟",)
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    (1, "4", "RECORD_COUNT_MISMATCH"),   # 3 records delivered
+    (2, "999", "SIZE_MISMATCH"),
+    (3, "0" * 32, "MD5_MISMATCH"),
+])
+def test_control_file_that_lies_rejects_the_whole_file(home, con, field, value, reason):
+    dat = deliver(home, "20260203", "BILL_202601.dat", bill_lines(3))
+    chk = dat.with_suffix(".chk")
+    parts = chk.read_text().strip().split("|")
+    parts[field] = value
+    chk.write_text("|".join(parts) + "\n")
+    [result] = ingest_all(con, home)
+    assert result.status == "REJECTED" and result.reason.startswith(reason)
+    assert con.execute("SELECT count(*) FROM raw.bill").fetchone() == (0,)
+    rows = con.execute("SELECT file_name, line_no, reason FROM ops.quarantine").fetchall()
+    assert rows == [("BILL_202601.dat", None, reason)]
+
+
+def test_quarantine_below_threshold_loads_the_rest_and_reconciles(home, con):
+    lines = bill_lines(200)
+    lines[57] = "S0000057|202601|RENT|12.50"   # 1 of 200 = 0.5% <= 1%
+    deliver(home, "20260203", "BILL_202601.dat", lines)
+    [result] = ingest_all(con, home)
+    assert (result.status, result.loaded, result.quarantined) == ("LOADED", 199, 1)
+    assert con.execute("SELECT line_no, raw_text, reason FROM ops.quarantine").fetchall() == [
+        (58, "S0000057|202601|RENT|12.50", "BAD_INTEGER")]
+    assert con.execute("SELECT count(*) FROM raw.bill").fetchone() == (199,)
+    assert reconciliation_failures(con) == []
+
+
+def test_quarantine_over_threshold_rejects_the_file(home, con):
+    lines = bill_lines(50)
+    lines[3] = "S0000003|202602|RENT|100"     # 1 of 50 = 2% > 1%: wrong month
+    deliver(home, "20260203", "BILL_202601.dat", lines)
+    [result] = ingest_all(con, home)
+    assert result.status == "REJECTED" and result.reason.startswith("QUARANTINE_THRESHOLD")
+    assert con.execute("SELECT count(*) FROM raw.bill").fetchone() == (0,)
+    assert con.execute("SELECT line_no, reason FROM ops.quarantine ORDER BY line_no NULLS FIRST").fetchall() == [
+        (None, "QUARANTINE_THRESHOLD"), (4, "MONTH_MISMATCH")]
+
+
+def test_loading_the_same_delivery_twice_changes_nothing(home, con):
+    deliver(home, "20260203", "BILL_202601.dat", bill_lines(10))
+    assert [r.status for r in ingest_all(con, home)] == ["LOADED"]
+    before = con.execute("SELECT * FROM raw.bill ORDER BY ALL").fetchall()
+    assert [r.status for r in ingest_all(con, home)] == ["UNCHANGED"]
+    assert con.execute("SELECT * FROM raw.bill ORDER BY ALL").fetchall() == before
+    assert con.execute("SELECT count(*) FROM ops.delivery").fetchone() == (1,)
+
+
+def test_redelivery_supersedes_the_older_delivery_entirely(home, con):
+    deliver(home, "20260203", "BILL_202601.dat", bill_lines(10))
+    ingest_all(con, home)
+    deliver(home, "20260210", "BILL_202601.dat", bill_lines(4))   # corrected file, a later day
+    results = ingest_all(con, home)
+    assert [(r.day, r.status) for r in results] == [(date(2026, 2, 3), "UNCHANGED"), (date(2026, 2, 10), "LOADED")]
+    assert con.execute("SELECT count(*), min(file_name) FROM raw.bill").fetchone() == (4, "BILL_202601.dat")
+    assert con.execute("SELECT day, status FROM ops.delivery ORDER BY day").fetchall() == [
+        (date(2026, 2, 3), "SUPERSEDED"), (date(2026, 2, 10), "LOADED")]
+    assert reconciliation_failures(con) == []
+
+
+def test_pending_file_without_control_file_is_reported_not_loaded(home, con):
+    dat = deliver(home, "20260203", "BILL_202601.dat", bill_lines(2))
+    dat.with_suffix(".chk").unlink()
+    scan = scan_landing(home)
+    assert scan.delivered == [] and [p.dat_path for p in scan.pending] == [dat]
+
+
+def test_utf8_declared_snapshot_among_gbk_files(home, con):
+    deliver(home, "20260131", "ACCT_20260131.dat", [Sub("A").line()], encoding="GBK")
+    deliver(home, "20260228", "ACCT_20260228.dat", [Sub("A").line().replace("王伟", "欧阳娜娜")], encoding="UTF-8")
+    assert [r.status for r in ingest_all(con, home)] == ["LOADED", "LOADED"]
+    names = con.execute("SELECT cust_name FROM raw.subscriber_history ORDER BY valid_from").fetchall()
+    assert names == [("王伟",), ("欧阳娜娜",)]
+
+
+def as_of(con, day: str) -> dict[str, str]:
+    return dict(con.execute("SELECT subs_id, brand FROM raw.subscriber_history WHERE valid_from <= ? "
+                            "AND (valid_to IS NULL OR valid_to > ?)", [day, day]).fetchall())
+
+
+def test_snapshots_are_kept_as_changes(home, con):
+    deliver(home, "20260131", "ACCT_20260131.dat", [Sub("A").line(), Sub("B").line(), Sub("C").line()])
+    deliver(home, "20260228", "ACCT_20260228.dat",
+            [Sub("A", brand="GOTONE").line(), Sub("B").line(), Sub("D").line()])
+    ingest_all(con, home)
+    # A changed (2 versions), B unchanged (1), C vanished (closed), D new (1): 5 rows, not 6.
+    assert con.execute("SELECT count(*) FROM raw.subscriber_history").fetchone() == (5,)
+    assert as_of(con, "2026-01-31") == {"A": "MZONE", "B": "MZONE", "C": "MZONE"}
+    assert as_of(con, "2026-02-28") == {"A": "GOTONE", "B": "MZONE", "D": "MZONE"}
+    assert snapshot_date_for(con, Month(2026, 2)) == date(2026, 2, 28)
+    assert snapshot_date_for(con, Month(2026, 1)) == date(2026, 1, 31)
+
+
+def test_redelivered_older_snapshot_rewinds_and_replays_later_ones(home, con):
+    deliver(home, "20260131", "ACCT_20260131.dat", [Sub("A").line(), Sub("B").line()])
+    deliver(home, "20260228", "ACCT_20260228.dat", [Sub("A").line(), Sub("B").line()])
+    ingest_all(con, home)
+    # January corrected afterwards (delivered in a later folder): B was EASYOWN in January.
+    deliver(home, "20260305", "ACCT_20260131.dat", [Sub("A").line(), Sub("B", brand="EASYOWN").line()])
+    assert [r.status for r in ingest_all(con, home)][-1] == "LOADED"
+    assert as_of(con, "2026-01-31") == {"A": "MZONE", "B": "EASYOWN"}
+    assert as_of(con, "2026-02-28") == {"A": "MZONE", "B": "MZONE"}   # February replayed on top
+    assert con.execute("SELECT count(*) FROM raw.subscriber_history").fetchone() == (3,)
+    assert reconciliation_failures(con) == []
+
+
+def test_event_id_repeated_in_a_later_delivery_is_quarantined(home, con):
+    deliver(home, "20260115", "SUSP_20260115.dat", ["E1|A|20260115100000|REQUEST"])
+    deliver(home, "20260116", "SUSP_20260116.dat", ["E1|A|20260116100000|REQUEST", "E2|A|20260116100000|LOSS"])
+    results = ingest_all(con, home)
+    assert [(r.loaded, r.quarantined) for r in results] == [(1, 0), (1, 1)]
+    assert con.execute("SELECT file_name, line_no, reason FROM ops.quarantine").fetchall() == [
+        ("SUSP_20260116.dat", 1, "DUPLICATE_KEY")]
+    assert reconciliation_failures(con) == []

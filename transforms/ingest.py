@@ -1,0 +1,331 @@
+"""Ingestion: landing area -> raw tables, with control totals, quarantine and reconciliation.
+
+Every delivered file ends in exactly one of three states, recorded in ops.delivery:
+LOADED (records in raw.*, bad lines in ops.quarantine, loaded + quarantined = record_count),
+REJECTED (nothing loaded, the reason in ops.quarantine with line NULL) or SUPERSEDED (a newer delivery of the
+same file name replaced it). Loading the same delivery twice changes nothing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from transforms.calendar import Month, parse_day
+from transforms.control import FileRejected, read_control, verify_control
+from transforms.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
+from transforms.warehouse import scalar, transaction
+
+DEFAULT_MAX_QUARANTINE_SHARE = 0.01
+_DAY_DIR = re.compile(r"^\d{8}$")
+# Within one day folder the snapshot goes first so the day's events can be matched to known subscribers.
+_KIND_ORDER = {"ACCT": 0, "OVERRIDE": 1, "SUSP": 2, "REDEEM": 3, "BILL": 4}
+_RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
+# Keys unique across all deliveries (extracts.md); None = no key.
+_CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
+_ACCT_ATTRS = ["msisdn", "cust_id", "cust_name", "cert_no", "brand", "subs_type", "status", "open_date",
+               "cancel_date", "realname_flag", "group_key_flag", "vip_flag", "region_code", "manager_id"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    day: date
+    dat_path: Path
+    name: ExtractName
+
+    @property
+    def chk_path(self) -> Path:
+        return self.dat_path.with_suffix(".chk")
+
+    def relative_path(self, home: Path) -> str:
+        return str(self.dat_path.relative_to(Path(home) / "landing"))
+
+
+@dataclass
+class LandingScan:
+    delivered: list[Delivery]
+    pending: list[Delivery]       # .dat without its .chk yet: reported, never loaded
+    unrecognised: list[Path]      # names that are no extract of extracts.md
+
+
+def scan_landing(home: Path, up_to: date | None = None) -> LandingScan:
+    """Lists landing/<YYYYMMDD>/ folders up to a day, in delivery order (day, then kind, then name)."""
+    landing = (Path(home) / "landing").resolve()
+    delivered, pending, unrecognised = [], [], []
+    if not landing.is_dir():
+        return LandingScan([], [], [])
+    for day_dir in sorted(landing.iterdir()):
+        if not (day_dir.is_dir() and _DAY_DIR.match(day_dir.name)) or day_dir.is_symlink():
+            unrecognised.append(day_dir)
+            continue
+        try:
+            day = parse_day(day_dir.name)
+        except ValueError:
+            unrecognised.append(day_dir)
+            continue
+        if up_to is not None and day > up_to:
+            continue
+        for dat in sorted(day_dir.glob("*.dat")):
+            if dat.is_symlink() or not dat.resolve().is_relative_to(landing):
+                unrecognised.append(dat)
+                continue
+            try:
+                name = parse_extract_name(dat.name)
+            except ValueError:
+                unrecognised.append(dat)
+                continue
+            target = delivered if dat.with_suffix(".chk").exists() else pending
+            target.append(Delivery(day, dat, name))
+    delivered.sort(key=lambda d: (d.day, _KIND_ORDER[d.name.kind], d.name.file_name))
+    return LandingScan(delivered, pending, unrecognised)
+
+
+@dataclass
+class IngestResult:
+    file_name: str
+    day: date
+    status: str           # LOADED, REJECTED, SUPERSEDED, UNCHANGED
+    loaded: int = 0
+    quarantined: int = 0
+    orphans: int = 0
+    reason: str | None = None
+
+    def line(self) -> str:
+        text = f"{self.file_name} ({self.day:%Y%m%d}): {self.status}"
+        if self.status == "LOADED":
+            text += f", {self.loaded:,} loaded, {self.quarantined:,} quarantined"
+            if self.orphans:
+                text += f", {self.orphans:,} orphan subscriber(s)"
+        if self.reason:
+            text += f" - {self.reason}"
+        return text
+
+
+def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
+                    max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> IngestResult:
+    """Loads one delivered file in one transaction (see module docstring for the outcomes)."""
+    name = delivery.name
+    current = con.execute(
+        "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
+        "ORDER BY day DESC LIMIT 1", [name.file_name]).fetchone()
+    if current is not None and current[0] > delivery.day:
+        return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use")
+    try:
+        control = read_control(delivery.chk_path)
+        md5 = verify_control(delivery.dat_path, control)
+    except FileRejected as rejected:
+        if current is not None and current[0] == delivery.day and current[2] == "REJECTED" and current[1] is None:
+            return IngestResult(name.file_name, delivery.day, "UNCHANGED", reason="rejected before")
+        return _reject(con, home, delivery, run_id, rejected, control=None)
+    if current is not None and current[0] == delivery.day and current[1] == md5:
+        return IngestResult(name.file_name, delivery.day, "UNCHANGED")
+
+    parsed = parse_extract(delivery.dat_path, name, control.encoding, delivery.day)
+    try:
+        _check_counts(parsed, control, max_quarantine_share)
+    except FileRejected as rejected:
+        return _reject(con, home, delivery, run_id, rejected, control, md5, parsed)
+    with transaction(con):
+        _supersede(con, name.file_name)
+        records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
+        quarantine = pl.concat([parsed.quarantine, cross_dupes], how="vertical")
+        if name.kind == "ACCT":
+            _load_snapshot(con, home, delivery, records)
+            orphans = 0
+        else:
+            _load_records(con, name, records)
+            orphans = _count_orphans(con, records)
+        _insert_quarantine(con, delivery, quarantine, run_id)
+        _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
+                         "LOADED", None, run_id)
+    return IngestResult(name.file_name, delivery.day, "LOADED", records.height, quarantine.height, orphans)
+
+
+def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
+    if parsed.record_count != control.record_count:
+        raise FileRejected(control.file_name, "RECORD_COUNT_MISMATCH",
+                           f"{parsed.record_count} records delivered, control file says {control.record_count}")
+    bad = parsed.quarantine.height
+    if parsed.record_count and bad / parsed.record_count > max_share:
+        raise FileRejected(control.file_name, "QUARANTINE_THRESHOLD",
+                           f"{bad} of {parsed.record_count} records quarantined "
+                           f"(more than {max_share:.1%}); first: line {parsed.quarantine['line_no'][0]} "
+                           f"{parsed.quarantine['reason'][0]}")
+
+
+def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, control=None, md5=None,
+            parsed: ParsedFile | None = None) -> IngestResult:
+    """Records a whole-file rejection; line-level findings are kept too so the sender can fix the file."""
+    with transaction(con):
+        file_row = pl.DataFrame({"line_no": [None], "raw_text": [None], "reason": [rejected.reason],
+                                 "detail": [rejected.detail]},
+                                schema={"line_no": pl.Int64, "raw_text": pl.Utf8, "reason": pl.Utf8,
+                                        "detail": pl.Utf8})
+        lines = parsed.quarantine if parsed is not None else file_row.clear()
+        _insert_quarantine(con, delivery, pl.concat([file_row, lines]), run_id)
+        _insert_delivery(con, home, delivery, control, md5, 0, lines.height, 0, "REJECTED",
+                         f"{rejected.reason}: {rejected.detail}", run_id)
+    return IngestResult(delivery.name.file_name, delivery.day, "REJECTED",
+                        reason=f"{rejected.reason}: {rejected.detail}")
+
+
+def _record_superseded(con, home, delivery: Delivery, run_id: str, why: str) -> IngestResult:
+    seen = scalar(con, "SELECT count(*) FROM ops.delivery WHERE file_name = ? AND day = ?",
+                  [delivery.name.file_name, delivery.day])
+    if not seen:
+        with transaction(con):
+            _insert_delivery(con, home, delivery, None, None, 0, 0, 0, "SUPERSEDED", why, run_id)
+    return IngestResult(delivery.name.file_name, delivery.day, "SUPERSEDED", reason=why)
+
+
+def _supersede(con, file_name: str) -> None:
+    """A newer delivery replaces the older one entirely: its raw rows go, its ops rows are marked."""
+    con.execute("UPDATE ops.delivery SET status = 'SUPERSEDED' WHERE file_name = ? AND status IN "
+                "('LOADED', 'REJECTED')", [file_name])
+    table = _RAW_TABLE.get(parse_extract_name(file_name).kind)
+    if table:
+        con.execute(f"DELETE FROM {table} WHERE file_name = ?", [file_name])
+
+
+def _drop_cross_file_duplicates(con, name: ExtractName, records: pl.DataFrame):
+    """Event and transaction ids are unique across deliveries: a repeat from another file is quarantined."""
+    key = _CROSS_FILE_KEY.get(name.kind)
+    empty = pl.DataFrame(schema={"line_no": pl.Int64, "raw_text": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8})
+    if key is None or records.height == 0:
+        return records, empty
+    table = _RAW_TABLE[name.kind]
+    con.register("incoming_keys", records.select("line_no", key))
+    seen = con.execute(
+        f"SELECT i.line_no, t.file_name FROM incoming_keys i JOIN {table} t ON t.{key} = i.{key} "
+        f"WHERE t.file_name <> ?", [name.file_name]).pl()
+    con.unregister("incoming_keys")
+    if seen.height == 0:
+        return records, empty
+    dupes = records.join(seen, on="line_no").select(
+        "line_no",
+        pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("") for c in records.columns if c != "line_no"
+                       and c != "file_name"], separator="|").alias("raw_text"),
+        pl.lit("DUPLICATE_KEY").alias("reason"),
+        (pl.lit(f"{key} already delivered in ") + pl.col("file_name")).alias("detail"),
+    )
+    return records.join(seen.select("line_no"), on="line_no", how="anti"), dupes
+
+
+def _load_records(con, name: ExtractName, records: pl.DataFrame) -> None:
+    table = _RAW_TABLE[name.kind]
+    cols = [c for c in con.execute(f"SELECT * FROM {table} LIMIT 0").pl().columns if c != "file_name"]
+    con.register("incoming", records.select(cols))
+    con.execute(f"INSERT INTO {table} (file_name, {', '.join(cols)}) SELECT ?, {', '.join(cols)} FROM incoming",
+                [name.file_name])
+    con.unregister("incoming")
+
+
+def _count_orphans(con, records: pl.DataFrame) -> int:
+    """Subscribers no snapshot knows: kept, reported, and ignored by grading (which joins the snapshot)."""
+    if records.height == 0:
+        return 0
+    con.register("incoming_subs", records.select("subs_id").unique())
+    n = scalar(con, "SELECT count(*) FROM incoming_subs i WHERE NOT EXISTS "
+                    "(SELECT 1 FROM raw.subscriber_history h WHERE h.subs_id = i.subs_id)")
+    con.unregister("incoming_subs")
+    return int(n)
+
+
+def _insert_quarantine(con, delivery: Delivery, quarantine: pl.DataFrame, run_id: str) -> None:
+    if quarantine.height == 0:
+        return
+    con.register("incoming_quarantine", quarantine.select("line_no", "raw_text", "reason", "detail"))
+    con.execute("DELETE FROM ops.quarantine WHERE file_name = ? AND day = ?",
+                [delivery.name.file_name, delivery.day])
+    con.execute("INSERT INTO ops.quarantine SELECT ?, ?, line_no, raw_text, reason, detail, NULL, ? "
+                "FROM incoming_quarantine", [delivery.name.file_name, delivery.day, run_id])
+    con.unregister("incoming_quarantine")
+
+
+def _insert_delivery(con, home, delivery: Delivery, control, md5, loaded, quarantined, orphans, status, reason,
+                     run_id) -> None:
+    con.execute(
+        "INSERT INTO ops.delivery VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [delivery.name.file_name, delivery.name.kind, delivery.name.period, delivery.day,
+         delivery.relative_path(home), md5, control.byte_size if control else None,
+         control.encoding if control else None, control.record_count if control else None,
+         loaded, quarantined, orphans, status, reason, run_id, datetime.now()])
+
+
+# --- ACCT snapshots: kept as valid-from / valid-to changes ----------------------------------------------------
+
+def _load_snapshot(con, home: Path, delivery: Delivery, records: pl.DataFrame) -> None:
+    """Merges a full snapshot into raw.subscriber_history.
+
+    Snapshots must be applied in date order; a snapshot for a date at or before the latest applied one (a
+    re-delivery or a late file) rewinds the history to that date and re-applies the later snapshots.
+    """
+    snapshot_date = parse_day(delivery.name.period)
+    later = con.execute(
+        "SELECT s.snapshot_date, d.path FROM ops.snapshot s JOIN ops.delivery d "
+        "ON d.file_name = s.file_name AND d.status = 'LOADED' WHERE s.snapshot_date >= ? "
+        "ORDER BY s.snapshot_date", [snapshot_date]).fetchall()
+    if later:
+        _rewind_history(con, snapshot_date)
+    _merge_snapshot(con, snapshot_date, delivery.name.file_name, records)
+    for day, rel_path in later:
+        if day == snapshot_date:
+            continue
+        path = Path(home) / "landing" / rel_path
+        name = parse_extract_name(path.name)
+        control = read_control(path.with_suffix(".chk"))
+        again = parse_extract(path, name, control.encoding, parse_day(path.parent.name))
+        _merge_snapshot(con, day, name.file_name, again.records)
+
+
+def _rewind_history(con, snapshot_date: date) -> None:
+    con.execute("DELETE FROM raw.subscriber_history WHERE valid_from >= ?", [snapshot_date])
+    con.execute("UPDATE raw.subscriber_history SET valid_to = NULL WHERE valid_to >= ?", [snapshot_date])
+    con.execute("DELETE FROM ops.snapshot WHERE snapshot_date >= ?", [snapshot_date])
+
+
+def _merge_snapshot(con, snapshot_date: date, file_name: str, records: pl.DataFrame) -> None:
+    """Closes versions that changed or vanished, opens versions that are new or changed."""
+    con.register("snapshot_in", records)
+    same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM h.{c}" for c in _ACCT_ATTRS)
+    con.execute(f"""
+        UPDATE raw.subscriber_history h SET valid_to = ?
+        WHERE h.valid_to IS NULL AND NOT EXISTS (
+            SELECT 1 FROM snapshot_in n WHERE n.subs_id = h.subs_id AND {same})""", [snapshot_date])
+    cols = ", ".join(["subs_id"] + _ACCT_ATTRS)
+    con.execute(f"""
+        INSERT INTO raw.subscriber_history
+        SELECT {cols}, ? AS valid_from, NULL AS valid_to, ? AS file_name, line_no FROM snapshot_in n
+        WHERE NOT EXISTS (SELECT 1 FROM raw.subscriber_history h
+                          WHERE h.valid_to IS NULL AND h.subs_id = n.subs_id)""",
+                [snapshot_date, file_name])
+    con.execute("DELETE FROM ops.snapshot WHERE snapshot_date = ?", [snapshot_date])
+    con.execute("INSERT INTO ops.snapshot VALUES (?, ?, ?)", [snapshot_date, file_name, records.height])
+    con.unregister("snapshot_in")
+
+
+def snapshot_date_for(con, month: Month) -> date | None:
+    """S(M): the latest applied snapshot dated on or before the last day of M."""
+    return scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date <= ?", [month.last_day])
+
+
+def reconciliation_failures(con) -> list[str]:
+    """loaded + quarantined = record_count for every file in use, and raw rows match `loaded`."""
+    rows = con.execute("""
+        WITH raw_counts AS (
+            SELECT file_name, count(*) AS n FROM raw.bill GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.susp GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.redeem GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.override GROUP BY ALL
+            UNION ALL SELECT file_name, subscribers FROM ops.snapshot)
+        SELECT d.file_name, d.record_count, d.loaded, d.quarantined, coalesce(r.n, 0)
+        FROM ops.delivery d LEFT JOIN raw_counts r USING (file_name)
+        WHERE d.status = 'LOADED'
+          AND (d.loaded + d.quarantined <> d.record_count OR coalesce(r.n, 0) <> d.loaded)
+        ORDER BY d.file_name""").fetchall()
+    return [f"{f}: record_count {rc}, loaded {lo}, quarantined {q}, rows in warehouse {n}"
+            for f, rc, lo, q, n in rows]

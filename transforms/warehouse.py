@@ -1,0 +1,166 @@
+"""The DuckDB warehouse: connection settings and the layered schema (raw -> staging -> mart, plus ops).
+
+Only one process writes the warehouse at a time (DuckDB's file lock enforces it); every writing unit of work
+(one delivery, one monthly run) runs in a single transaction so a crash leaves the previous state.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+WAREHOUSE_FILE = "warehouse.duckdb"
+
+# Per-process engine limits: DuckDB is not fork-safe and a 2-core box is shared by the scheduler and workers.
+DEFAULT_THREADS = int(os.environ.get("TIERFLOW_THREADS", "2"))
+DEFAULT_MEMORY_LIMIT = os.environ.get("TIERFLOW_MEMORY_LIMIT", "6GB")
+
+SCHEMA_DDL = """
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS staging;
+CREATE SCHEMA IF NOT EXISTS mart;
+CREATE SCHEMA IF NOT EXISTS ops;
+
+-- raw: loaded records, each with the file and line it came from. Personal data lives only here.
+CREATE TABLE IF NOT EXISTS raw.subscriber_history (
+    subs_id VARCHAR NOT NULL, msisdn VARCHAR, cust_id VARCHAR, cust_name VARCHAR, cert_no VARCHAR,
+    brand VARCHAR, subs_type VARCHAR, status VARCHAR, open_date DATE, cancel_date DATE,
+    realname_flag BOOLEAN, group_key_flag BOOLEAN, vip_flag BOOLEAN, region_code VARCHAR, manager_id VARCHAR,
+    valid_from DATE NOT NULL,   -- snapshot date this version was first seen
+    valid_to DATE,              -- snapshot date it was replaced or the subscriber vanished (exclusive); NULL = current
+    file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw.bill (
+    file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+    subs_id VARCHAR NOT NULL, bill_month DATE NOT NULL, item_code VARCHAR NOT NULL, amount_fen BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw.susp (
+    file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+    event_id VARCHAR NOT NULL, subs_id VARCHAR NOT NULL, event_time TIMESTAMP NOT NULL, susp_type VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS raw.redeem (
+    file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+    txn_id VARCHAR NOT NULL, subs_id VARCHAR NOT NULL, txn_time TIMESTAMP NOT NULL, points BIGINT NOT NULL,
+    channel VARCHAR
+);
+CREATE TABLE IF NOT EXISTS raw.override (
+    file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+    override_id VARCHAR NOT NULL, subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL, from_month DATE NOT NULL,
+    to_month DATE NOT NULL, reason VARCHAR, approved_by VARCHAR
+);
+
+-- staging: the points ledger (lots earned per month, and what each month took from them).
+CREATE TABLE IF NOT EXISTS staging.points_lot (
+    subs_id VARCHAR NOT NULL, earn_month DATE NOT NULL, earned BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staging.points_move (
+    month DATE NOT NULL, subs_id VARCHAR NOT NULL, earn_month DATE NOT NULL,
+    redeemed BIGINT NOT NULL, expired BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staging.redemption (
+    month DATE NOT NULL, txn_id VARCHAR NOT NULL, subs_id VARCHAR NOT NULL, txn_time TIMESTAMP NOT NULL,
+    points BIGINT NOT NULL, status VARCHAR NOT NULL  -- APPLIED or INSUFFICIENT_POINTS
+);
+
+-- mart: what analysts query.
+CREATE TABLE IF NOT EXISTS mart.subscriber_month (
+    month DATE NOT NULL, subs_id VARCHAR NOT NULL, cons_fen BIGINT NOT NULL,
+    rent_fen BIGINT NOT NULL, voice_fen BIGINT NOT NULL, data_fen BIGINT NOT NULL, sms_fen BIGINT NOT NULL,
+    roam_fen BIGINT NOT NULL, vas_fen BIGINT NOT NULL, discount_fen BIGINT NOT NULL, adjust_fen BIGINT NOT NULL,
+    gift_fen BIGINT NOT NULL, deposit_fen BIGINT NOT NULL,
+    sum6_fen BIGINT  -- NULL while the 6-month window is incomplete
+);
+CREATE TABLE IF NOT EXISTS mart.points_balance (
+    month DATE NOT NULL, subs_id VARCHAR NOT NULL, earned BIGINT NOT NULL, redeemed BIGINT NOT NULL,
+    expired BIGINT NOT NULL, balance BIGINT NOT NULL, prior_year_points BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mart.tier_assignment (
+    grade_month DATE NOT NULL, subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+    computed_tier VARCHAR NOT NULL, protected BOOLEAN NOT NULL, sum6_fen BIGINT NOT NULL,
+    tenure_months INTEGER NOT NULL, prior_year_points BIGINT NOT NULL, susp12 INTEGER NOT NULL,
+    tags VARCHAR[] NOT NULL, rules_version VARCHAR NOT NULL, region_code VARCHAR
+);
+CREATE TABLE IF NOT EXISTS mart.tier_current (
+    subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL, grade_month DATE NOT NULL, since_month DATE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mart.tier_history (
+    subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL,
+    valid_from DATE NOT NULL,  -- first day the tier is in effect (the day after its grading month)
+    valid_to DATE              -- exclusive; NULL = still in effect
+);
+CREATE TABLE IF NOT EXISTS mart.grade_change (
+    grade_month DATE NOT NULL, subs_id VARCHAR NOT NULL, from_tier VARCHAR NOT NULL, to_tier VARCHAR NOT NULL,
+    change_type VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+    entitlements_gained VARCHAR[] NOT NULL, entitlements_lost VARCHAR[] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mart.tier_summary (
+    grade_month DATE NOT NULL, region_code VARCHAR NOT NULL, tier VARCHAR NOT NULL,
+    subscribers BIGINT NOT NULL, unchanged BIGINT NOT NULL, new_in BIGINT NOT NULL,
+    upgraded_in BIGINT NOT NULL, downgraded_in BIGINT NOT NULL, lost_from BIGINT NOT NULL
+);
+
+-- ops: deliveries, quarantine, runs and month states.
+CREATE TABLE IF NOT EXISTS ops.delivery (
+    file_name VARCHAR NOT NULL, kind VARCHAR NOT NULL, period VARCHAR NOT NULL, day DATE NOT NULL,
+    path VARCHAR NOT NULL, md5 VARCHAR, byte_size BIGINT, encoding VARCHAR, record_count BIGINT,
+    loaded BIGINT NOT NULL, quarantined BIGINT NOT NULL, orphans BIGINT NOT NULL DEFAULT 0,
+    status VARCHAR NOT NULL,   -- LOADED, REJECTED, SUPERSEDED
+    reason VARCHAR, run_id VARCHAR, loaded_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS ops.quarantine (
+    file_name VARCHAR NOT NULL, day DATE, line_no BIGINT,  -- line_no NULL: the whole file was rejected
+    raw_text VARCHAR, reason VARCHAR NOT NULL, detail VARCHAR, period DATE, run_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS ops.snapshot (
+    snapshot_date DATE NOT NULL, file_name VARCHAR NOT NULL, subscribers BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.month_state (
+    month DATE NOT NULL, graded BOOLEAN NOT NULL, pack_name VARCHAR, pack_version VARCHAR,
+    fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS ops.run_ledger (
+    run_id VARCHAR NOT NULL, flow VARCHAR NOT NULL, period VARCHAR, pack_name VARCHAR, pack_version VARCHAR,
+    status VARCHAR NOT NULL, message VARCHAR, input_files JSON, output_files JSON, checks JSON, timings JSON,
+    started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP
+);
+"""
+
+
+def warehouse_path(home: Path) -> Path:
+    return Path(home) / WAREHOUSE_FILE
+
+
+def connect(home: Path, read_only: bool = False, threads: int | None = None,
+            memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Opens the home's warehouse with per-process limits and makes sure the schema exists."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = warehouse_path(home)
+    con = duckdb.connect(str(path), read_only=read_only, config={
+        "threads": threads or DEFAULT_THREADS,
+        "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
+        "preserve_insertion_order": True,
+    })
+    if not read_only:
+        con.execute(SCHEMA_DDL)
+        os.chmod(path, 0o640)  # warehouse holds personal data in raw: never world-readable
+    return con
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    """All-or-nothing unit of work: commit on success, roll back on any error."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    row = con.execute(sql, params or []).fetchone()
+    return None if row is None else row[0]
