@@ -15,6 +15,7 @@ from transforms.calendar import Month, parse_day
 
 # Prefect's per-task INFO logs drown the progress lines; operators can lower it again with the env variable.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 DEMO_SUBSCRIBERS = 5_000
 DEMO_START = Month(2025, 1)

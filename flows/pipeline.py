@@ -17,7 +17,9 @@ from transforms.calendar import Month, parse_day
 from transforms.ingest import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, reconciliation_failures, scan_landing
 from transforms.ledger import finish_run, start_run
 from transforms.monthly import MonthlyError, input_files, is_up_to_date, run_monthly
+from transforms.publish import publish
 from transforms.rulepack import RulePack, load_pack
+from transforms.runlock import writer_lock
 from transforms.warehouse import connect
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
@@ -99,11 +101,23 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
         con.close()
 
 
+@task(name="publish")
+def publish_copy(home: str) -> str:
+    """Replaces the analysts' read-only copy with the state just committed."""
+    con = connect(Path(home))
+    try:
+        return str(publish(con, Path(home)))
+    finally:
+        con.close()
+
+
 @flow(name="nightly")
 def nightly_flow(home: str, day: str) -> dict:
     """Ingests everything delivered up to a day (redemptions and suspensions are loaded here; the monthly run
     of their month applies them)."""
-    summary = ingest_deliveries(home, up_to=parse_day(day))
+    with writer_lock(Path(home), f"nightly {day}"):
+        summary = ingest_deliveries(home, up_to=parse_day(day))
+        publish_copy(home)
     if summary["rejected"]:
         progress(f"{len(summary['rejected'])} file(s) rejected")
     return summary
@@ -113,8 +127,10 @@ def nightly_flow(home: str, day: str) -> dict:
 def monthly_flow(home: str, month: str, rules: str | None = None) -> str:
     """Ingests pending deliveries, then grades the month."""
     Month.parse(month)
-    ingest_deliveries(home)
-    line = grade_month(home, month, rules)
+    with writer_lock(Path(home), f"monthly {month}"):
+        ingest_deliveries(home)
+        line = grade_month(home, month, rules)
+        publish_copy(home)
     progress(line)
     return line
 
@@ -127,6 +143,13 @@ def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry
     steps = plan_backfill(scan_landing(Path(home)), Month.parse(start), Month.parse(end))
     if dry_run:
         return [str(s) for s in steps]
+    with writer_lock(Path(home), f"backfill {start}..{end}"):
+        lines = _run_steps(home, steps, rules)
+        publish_copy(home)
+    return lines
+
+
+def _run_steps(home: str, steps: list, rules: str | None) -> list[str]:
     months = [s.month for s in steps if s.kind == "monthly"]
     lines = []
     for n, step in enumerate(steps, 1):

@@ -18,7 +18,7 @@ import polars as pl
 from transforms.calendar import Month, parse_day
 from transforms.control import FileRejected, read_control, verify_control
 from transforms.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
-from transforms.warehouse import scalar, transaction
+from transforms.warehouse import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 _DAY_DIR = re.compile(r"^\d{8}$")
@@ -109,9 +109,9 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
                     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> IngestResult:
     """Loads one delivered file in one transaction (see module docstring for the outcomes)."""
     name = delivery.name
-    current = con.execute(
-        "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
-        "ORDER BY day DESC LIMIT 1", [name.file_name]).fetchone()
+    current = first_row(
+        con, "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
+        "ORDER BY day DESC LIMIT 1", [name.file_name])
     if current is not None and current[0] > delivery.day:
         return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use")
     try:
@@ -199,9 +199,9 @@ def _drop_cross_file_duplicates(con, name: ExtractName, records: pl.DataFrame):
         return records, empty
     table = _RAW_TABLE[name.kind]
     con.register("incoming_keys", records.select("line_no", key))
-    seen = con.execute(
+    seen = con.sql(
         f"SELECT i.line_no, t.file_name FROM incoming_keys i JOIN {table} t ON t.{key} = i.{key} "
-        f"WHERE t.file_name <> ?", [name.file_name]).pl()
+        f"WHERE t.file_name <> ?", params=[name.file_name]).pl()
     con.unregister("incoming_keys")
     if seen.height == 0:
         return records, empty
@@ -217,7 +217,7 @@ def _drop_cross_file_duplicates(con, name: ExtractName, records: pl.DataFrame):
 
 def _load_records(con, name: ExtractName, records: pl.DataFrame) -> None:
     table = _RAW_TABLE[name.kind]
-    cols = [c for c in con.execute(f"SELECT * FROM {table} LIMIT 0").pl().columns if c != "file_name"]
+    cols = [c for c in con.sql(f"SELECT * FROM {table} LIMIT 0").pl().columns if c != "file_name"]
     con.register("incoming", records.select(cols))
     con.execute(f"INSERT INTO {table} (file_name, {', '.join(cols)}) SELECT ?, {', '.join(cols)} FROM incoming",
                 [name.file_name])

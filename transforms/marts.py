@@ -10,6 +10,7 @@ from datetime import date
 import duckdb
 
 from transforms.calendar import Month
+from transforms.warehouse import scalar
 
 
 def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, tiers: list[str]) -> int:
@@ -37,8 +38,7 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, tiers: list
         FROM pairs WHERE from_tier <> to_tier
         ORDER BY subs_id""",
                 {"m": month.first_day, "prev": (month - 1).first_day, "unrated": tiers[0], "tiers": tiers})
-    return int(con.execute("SELECT count(*) FROM mart.grade_change WHERE grade_month = ?",
-                           [month.first_day]).fetchone()[0])
+    return int(scalar(con, "SELECT count(*) FROM mart.grade_change WHERE grade_month = ?", [month.first_day]))
 
 
 def rebuild_tier_history(con: duckdb.DuckDBPyConnection, month: Month) -> None:

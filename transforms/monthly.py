@@ -19,7 +19,7 @@ from transforms.ingest import snapshot_date_for
 from transforms.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
 from transforms.points import apply_points_month
 from transforms.rulepack import RulePack
-from transforms.warehouse import scalar, transaction
+from transforms.warehouse import first_row, scalar, transaction
 
 WINDOW = 6
 ITEMS = ["RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST", "GIFT", "DEPOSIT"]
@@ -50,9 +50,9 @@ class MonthlyResult:
 # --- inputs and their fingerprint ------------------------------------------------------------------------------
 
 def bill_delivery(con, month: Month):
-    return con.execute(
-        "SELECT status, reason, md5 FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
-        "ORDER BY day DESC LIMIT 1", [f"BILL_{month.compact}.dat"]).fetchone()
+    return first_row(
+        con, "SELECT status, reason, md5 FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
+        "ORDER BY day DESC LIMIT 1", [f"BILL_{month.compact}.dat"])
 
 
 def require_bill(con, month: Month) -> None:
@@ -177,17 +177,15 @@ def aggregate_subscriber_month(con, month: Month, complete: bool) -> None:
 def run_points(con, month: Month, pack: RulePack) -> dict:
     """Redemptions, expiry and accrual of M (rules.md 'Points'); writes the ledger and mart.points_balance."""
     m, expiry = month.first_day, pack.points.expiry_months
-    open_lots = con.execute("""
+    open_lots = con.sql("""
         SELECT l.subs_id, l.earn_month, l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS remaining
         FROM staging.points_lot l
         LEFT JOIN staging.points_move mv
                ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month < $m
         WHERE l.earn_month < $m AND l.earn_month >= $oldest
-        GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""",
-                            {"m": m, "oldest": (month - expiry).first_day}).pl()
-    redemptions = con.execute(
-        "SELECT txn_id, subs_id, txn_time, points FROM raw.redeem WHERE txn_time >= ? AND txn_time < ?",
-        [m, (month + 1).first_day]).pl()
+        GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""", params={"m": m, "oldest": (month - expiry).first_day}).pl()
+    redemptions = con.sql(
+        "SELECT txn_id, subs_id, txn_time, points FROM raw.redeem WHERE txn_time >= ? AND txn_time < ?", params=[m, (month + 1).first_day]).pl()
     multipliers = pl.DataFrame(
         {"tier": list(pack.points.multipliers),
          "mult_num": [f.numerator for f in pack.points.multipliers.values()],
@@ -195,12 +193,12 @@ def run_points(con, month: Month, pack: RulePack) -> dict:
         schema={"tier": pl.Utf8, "mult_num": pl.Int64, "mult_den": pl.Int64})
     # k is the multiplier of the tier in effect during M: the tier graded for M-1 (unrated if none).
     con.register("multipliers", multipliers)
-    accrual_base = con.execute("""
+    accrual_base = con.sql("""
         SELECT s.subs_id, s.cons_fen, coalesce(k.mult_num, 0) AS mult_num, coalesce(k.mult_den, 1) AS mult_den
         FROM mart.subscriber_month s
         LEFT JOIN mart.tier_assignment a ON a.subs_id = s.subs_id AND a.grade_month = $prev
         LEFT JOIN multipliers k ON k.tier = a.tier
-        WHERE s.month = $m""", {"m": m, "prev": (month - 1).first_day}).pl()
+        WHERE s.month = $m""", params={"m": m, "prev": (month - 1).first_day}).pl()
     con.unregister("multipliers")
     result = apply_points_month(month, open_lots, redemptions, accrual_base, expiry)
     _write_points(con, month, result)
@@ -253,7 +251,7 @@ def _write_points(con, month: Month, result) -> None:
 
 def grading_metrics(con, month: Month, snapshot) -> pl.DataFrame:
     """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE)."""
-    return con.execute("""
+    return con.sql("""
         WITH snap AS (
             SELECT * FROM raw.subscriber_history
             WHERE valid_from <= $snap AND (valid_to IS NULL OR valid_to > $snap)),
@@ -293,7 +291,7 @@ def grading_metrics(con, month: Month, snapshot) -> pl.DataFrame:
                coalesce(bal.balance, 0)::BIGINT AS points_balance
         FROM snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
         LEFT JOIN lots USING (subs_id) LEFT JOIN bal USING (subs_id)
-        ORDER BY snap.subs_id""", {
+        ORDER BY snap.subs_id""", params={
         "snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
         "m12": (month - 11).first_day, "next": (month + 1).first_day, "year": month.year,
         "m_index": month.index}).pl()
@@ -301,7 +299,7 @@ def grading_metrics(con, month: Month, snapshot) -> pl.DataFrame:
 
 def active_overrides(con, month: Month) -> pl.DataFrame:
     """Overrides holding for M: the latest delivery of each override_id wins; tier NONE revokes."""
-    return con.execute("""
+    return con.sql("""
         WITH latest AS (
             SELECT o.*, d.day FROM raw.override o
             JOIN ops.delivery d ON d.file_name = o.file_name AND d.status = 'LOADED'
@@ -310,7 +308,7 @@ def active_overrides(con, month: Month) -> pl.DataFrame:
         SELECT subs_id, tier FROM latest
         WHERE tier <> 'NONE' AND from_month <= $m AND to_month >= $m
         QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY day DESC, override_id DESC) = 1
-        ORDER BY subs_id""", {"m": month.first_day}).pl()
+        ORDER BY subs_id""", params={"m": month.first_day}).pl()
 
 
 def apply_protection(assigned: pl.DataFrame, previous: pl.DataFrame, month: Month, tiers: list[str],
@@ -353,11 +351,10 @@ def grade(con, month: Month, pack: RulePack, snapshot) -> MonthlyResult:
 
 def _spell_start(con, month: Month) -> pl.DataFrame:
     """Tier in effect during M (graded for M-1) and the grading month its spell began."""
-    return con.execute("""
+    return con.sql("""
         SELECT h.subs_id, h.tier AS prev_tier, CAST(h.valid_from - INTERVAL 1 MONTH AS DATE) AS since_month
         FROM mart.tier_history h
-        WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m)""",
-                       {"m": month.first_day}).pl()
+        WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m)""", params={"m": month.first_day}).pl()
 
 
 def _write_tier_assignment(con, month: Month, pack: RulePack, metrics: pl.DataFrame,

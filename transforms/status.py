@@ -8,6 +8,7 @@ import duckdb
 from transforms.calendar import Month
 from transforms.ingest import reconciliation_failures, scan_landing
 from transforms.monthly import stale_months
+from transforms.warehouse import scalar
 
 
 def status_report(con: duckdb.DuckDBPyConnection | None, home: Path) -> list[str]:
@@ -30,7 +31,7 @@ def status_report(con: duckdb.DuckDBPyConnection | None, home: Path) -> list[str
     for reason, n in con.execute("SELECT reason, count(*) FROM ops.quarantine WHERE line_no IS NOT NULL "
                                  "GROUP BY ALL ORDER BY 2 DESC, 1").fetchall():
         lines.append(f"quarantine {reason}: {n:,} record(s)")
-    orphans = con.execute("SELECT coalesce(sum(orphans), 0) FROM ops.delivery WHERE status = 'LOADED'").fetchone()[0]
+    orphans = scalar(con, "SELECT coalesce(sum(orphans), 0) FROM ops.delivery WHERE status = 'LOADED'")
     if orphans:
         lines.append(f"orphans: {orphans:,} subscriber id(s) in bills/events that no snapshot knows")
     lines += [f"RECONCILIATION FAILED: {p}" for p in reconciliation_failures(con)]

@@ -161,6 +161,13 @@ def transaction(con: duckdb.DuckDBPyConnection):
     con.execute("COMMIT")
 
 
-def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
-    row = con.execute(sql, params or []).fetchone()
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> tuple | None:
+    """The first row or None. Fetches to the end: DuckDB 2.0 refuses other work (register, unregister)
+    on a connection whose last result is not exhausted."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None):
+    row = first_row(con, sql, params)
     return None if row is None else row[0]

@@ -1,0 +1,216 @@
+"""Points timeline of one month (rules.md, "Points"): golden values worked out by hand from the spec."""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import polars as pl
+import pytest
+
+from transforms.calendar import Month
+from transforms.points import (
+    apply_points_month,
+    expiring_next_month,
+    prior_year_points,
+    roll_open_lots,
+)
+
+MAY = Month.parse("2026-05")  # M-36 = 2023-05, M-35 = 2023-06
+
+
+def lots(*rows):
+    """(subs_id, 'YYYY-MM', remaining)"""
+    return pl.DataFrame(
+        [(s, Month.parse(m).first_day, r) for s, m, r in rows],
+        schema={"subs_id": pl.String, "earn_month": pl.Date, "remaining": pl.Int64}, orient="row")
+
+
+def redemptions(*rows):
+    """(txn_id, subs_id, datetime, points)"""
+    return pl.DataFrame(list(rows), orient="row",
+                        schema={"txn_id": pl.String, "subs_id": pl.String,
+                                "txn_time": pl.Datetime("us"), "points": pl.Int64})
+
+
+def base(*rows):
+    """(subs_id, cons_fen, mult_num, mult_den)"""
+    return pl.DataFrame(list(rows), orient="row",
+                        schema={"subs_id": pl.String, "cons_fen": pl.Int64,
+                                "mult_num": pl.Int64, "mult_den": pl.Int64})
+
+
+def may(day, hour=12, minute=0):
+    return datetime(2026, 5, day, hour, minute)
+
+
+def as_dicts(df, *cols):
+    return {row[0]: row[1:] for row in df.select(cols).iter_rows()}
+
+
+# --- accrual (step 3) ---
+
+def test_accrual_rounds_up_exactly_with_the_one_and_a_half_multiplier():
+    result = apply_points_month(MAY, lots(), redemptions(), base(
+        ("A", 12345, 3, 2),   # 12345 * 1.5 / 100 = 185.175 -> 186
+        ("B", 100, 3, 2),     # 100 * 1.5 / 100 = 1.5 -> 2
+        ("C", 200, 3, 2),     # 200 * 1.5 / 100 = 3 exactly -> 3
+        ("D", 1, 5, 1),       # 1 * 5 / 100 = 0.05 -> 1
+    ))
+    assert as_dicts(result.new_lots, "subs_id", "earned") == {"A": (186,), "B": (2,), "C": (3,), "D": (1,)}
+    assert set(result.new_lots["earn_month"]) == {date(2026, 5, 1)}
+    assert result.new_lots.schema["earned"] == pl.Int64
+
+
+def test_negative_consumption_and_zero_multiplier_earn_nothing():
+    result = apply_points_month(MAY, lots(), redemptions(), base(
+        ("NEG", -5000, 2, 1),    # max(-5000, 0) = 0 -> 0
+        ("UNR", 99999, 0, 1),    # k = 0 (UNRATED) -> 0
+        ("ONE", 250, 1, 1),      # 250 * 1 / 100 = 2.5 -> 3
+    ))
+    assert result.new_lots["subs_id"].to_list() == ["ONE"]  # only earned > 0 rows
+    # yet everyone in the accrual base has a balance row
+    assert as_dicts(result.balances, "subs_id", "earned", "balance") == {
+        "NEG": (0, 0), "ONE": (3, 3), "UNR": (0, 0)}
+
+
+# --- redemptions (step 1) ---
+
+def test_redemption_consumes_oldest_lots_first_across_three_lots():
+    open_lots = lots(("A", "2024-01", 100), ("A", "2024-02", 50), ("A", "2024-03", 70))  # balance 220
+    result = apply_points_month(MAY, open_lots, redemptions(("R1", "A", may(3), 130)), base())
+    # 130 = all 100 of 2024-01 + 30 of 2024-02; 2024-03 untouched
+    assert result.lot_changes.select("earn_month", "redeemed", "expired").rows() == [
+        (date(2024, 1, 1), 100, 0), (date(2024, 2, 1), 30, 0)]
+    assert as_dicts(result.balances, "subs_id", "redeemed", "balance") == {"A": (130, 90)}  # 220 - 130
+    rolled = roll_open_lots(open_lots, result)
+    assert rolled.select("earn_month", "remaining").rows() == [
+        (date(2024, 2, 1), 20), (date(2024, 3, 1), 70)]  # 50 - 30; the emptied lot is gone
+
+
+def test_a_rejected_redemption_does_not_block_a_later_smaller_one():
+    open_lots = lots(("A", "2025-01", 100))
+    result = apply_points_month(MAY, open_lots, redemptions(
+        ("R3", "A", may(20), 40),   # third: 40 <= 40 left -> accepted, leaves 0
+        ("R1", "A", may(2), 60),    # first: 60 <= 100 -> accepted, leaves 40
+        ("R2", "A", may(10), 50),   # second: 50 > 40 -> rejected whole
+    ), base())
+    assert result.accepted["txn_id"].to_list() == ["R1", "R3"]
+    assert result.rejected.select("txn_id", "points", "balance_at_time").rows() == [("R2", 50, 40)]
+    assert as_dicts(result.balances, "subs_id", "redeemed", "balance") == {"A": (100, 0)}  # 60 + 40; 100 - 100
+
+
+def test_ties_at_equal_time_are_decided_by_txn_id():
+    open_lots = lots(("A", "2025-01", 100))
+    result = apply_points_month(MAY, open_lots, redemptions(
+        ("T2", "A", may(5), 80),    # listed first, but T1 < T2 goes first
+        ("T1", "A", may(5), 80),    # 80 <= 100 -> accepted, leaves 20
+    ), base())
+    assert result.accepted["txn_id"].to_list() == ["T1"]
+    assert result.rejected.select("txn_id", "balance_at_time").rows() == [("T2", 20)]  # 80 > 20
+
+
+def test_redemption_equal_to_the_balance_is_accepted():
+    open_lots = lots(("A", "2024-06", 90), ("A", "2025-06", 60))  # 90 + 60 = 150
+    result = apply_points_month(MAY, open_lots, redemptions(("R1", "A", may(31, 23, 59), 150)), base())
+    assert result.rejected.height == 0
+    assert result.lot_changes.select("earn_month", "redeemed").rows() == [
+        (date(2024, 6, 1), 90), (date(2025, 6, 1), 60)]
+    assert as_dicts(result.balances, "subs_id", "balance") == {"A": (0,)}
+    assert roll_open_lots(open_lots, result).height == 0
+
+
+def test_redemption_without_any_points_is_rejected_against_zero():
+    result = apply_points_month(MAY, lots(("A", "2025-01", 5)), redemptions(("R1", "NOPTS", may(1), 1)), base())
+    assert result.rejected.select("txn_id", "subs_id", "balance_at_time").rows() == [("R1", "NOPTS", 0)]
+    # every subs_id of any input has a balance row, sorted by subs_id
+    assert result.balances.select("subs_id", "balance").rows() == [("A", 5), ("NOPTS", 0)]
+
+
+# --- expiry (step 2) ---
+
+def test_only_what_redemptions_left_of_the_m_minus_36_lot_expires():
+    open_lots = lots(("A", "2023-05", 100), ("A", "2023-06", 40),   # M-36 and M-35
+                     ("B", "2023-06", 25))                           # M-35 only
+    result = apply_points_month(MAY, open_lots, redemptions(("R1", "A", may(9), 30)), base())
+    # A: 30 taken from 2023-05 (oldest), its other 70 expire; 2023-05 lot M-35 and B's lot stay
+    assert result.lot_changes.rows() == [("A", date(2023, 5, 1), 30, 70)]
+    assert as_dicts(result.balances, "subs_id", "redeemed", "expired", "balance") == {
+        "A": (30, 70, 40),   # 140 - 30 - 70
+        "B": (0, 0, 25)}
+
+
+def test_expiry_comes_after_redemptions_and_before_accrual():
+    open_lots = lots(("A", "2023-05", 50))   # the M-36 lot is still spendable during M
+    result = apply_points_month(MAY, open_lots, redemptions(("R1", "A", may(31), 20)),
+                                base(("A", 1000, 1, 1)))   # 1000 * 1 / 100 = 10
+    assert result.accepted["txn_id"].to_list() == ["R1"]
+    assert result.lot_changes.rows() == [("A", date(2023, 5, 1), 20, 30)]   # 50 - 20 expire
+    assert as_dicts(result.balances, "subs_id", "earned", "redeemed", "expired", "balance") == {
+        "A": (10, 20, 30, 10)}   # 50 - 20 - 30 + 10; the new points do not expire
+
+
+def test_expiry_months_is_a_parameter():
+    open_lots = lots(("A", "2025-05", 7), ("A", "2025-06", 8))
+    result = apply_points_month(MAY, open_lots, redemptions(), base(), expiry_months=12)  # M-12 = 2025-05
+    assert result.lot_changes.rows() == [("A", date(2025, 5, 1), 0, 7)]
+
+
+# --- two months in a row ---
+
+def test_balance_identity_over_two_months():
+    april = Month.parse("2026-04")  # M-36 = 2023-04
+    open_march = lots(("A", "2023-04", 50), ("A", "2023-05", 40), ("A", "2025-01", 200))  # balance(Mar) = 290
+    apr = apply_points_month(april, open_march, redemptions(("RA", "A", datetime(2026, 4, 15), 80)),
+                             base(("A", 10000, 2, 1)))   # 10000 * 2 / 100 = 200
+    # 80 = 50 of 2023-04 + 30 of 2023-05: nothing left of 2023-04 to expire
+    assert apr.lot_changes.rows() == [("A", date(2023, 4, 1), 50, 0), ("A", date(2023, 5, 1), 30, 0)]
+    assert as_dicts(apr.balances, "subs_id", "earned", "redeemed", "expired", "balance") == {
+        "A": (200, 80, 0, 410)}   # 290 - 80 - 0 + 200
+    open_april = roll_open_lots(open_march, apr)
+    assert open_april.select("earn_month", "remaining").rows() == [
+        (date(2023, 5, 1), 10), (date(2025, 1, 1), 200), (date(2026, 4, 1), 200)]   # sums to 410
+    # notice: what expires at the end of May is what is left of 2023-05 (May - 36)
+    assert expiring_next_month(april, open_april).rows() == [("A", 10)]
+
+    may_run = apply_points_month(MAY, open_april, redemptions(
+        ("RB", "A", may(1), 500),   # 500 > 410 -> rejected
+        ("RC", "A", may(2), 5),     # 5 <= 410 -> accepted, from 2023-05 (10 -> 5)
+    ), base(("A", -300, 2, 1)))     # negative -> 0
+    assert may_run.rejected.select("txn_id", "balance_at_time").rows() == [("RB", 410)]
+    assert may_run.lot_changes.rows() == [("A", date(2023, 5, 1), 5, 5)]   # the 5 left expire
+    assert as_dicts(may_run.balances, "subs_id", "earned", "redeemed", "expired", "balance") == {
+        "A": (0, 5, 5, 400)}   # balance(Apr) 410 - 5 - 5 + 0
+    assert roll_open_lots(open_april, may_run)["remaining"].sum() == 400
+
+
+# --- prior_year_points ---
+
+def test_prior_year_points_counts_earned_of_last_year_only():
+    history = pl.DataFrame(
+        [("A", date(2024, 12, 1), 900),    # two years before 2026: ignored
+         ("A", date(2025, 3, 1), 1000),    # fully redeemed since: still counts (earned, not remaining)
+         ("A", date(2025, 12, 1), 500),
+         ("A", date(2026, 1, 1), 700),     # current year: ignored
+         ("B", date(2026, 2, 1), 300)],    # nothing in 2025
+        schema={"subs_id": pl.String, "earn_month": pl.Date, "earned": pl.Int64}, orient="row")
+    assert prior_year_points(MAY, history).rows() == [("A", 1500), ("B", 0)]   # 1000 + 500
+    assert prior_year_points(Month.parse("2026-01"), history).rows() == [("A", 1500), ("B", 0)]
+
+
+# --- contract ---
+
+def test_inputs_outside_the_contract_are_refused():
+    with pytest.raises(ValueError, match="not dated in 2026-05"):
+        apply_points_month(MAY, lots(), redemptions(("R1", "A", datetime(2026, 6, 1), 5)), base())
+    with pytest.raises(ValueError, match="open lots"):
+        apply_points_month(MAY, lots(("A", "2023-04", 5)), redemptions(), base())   # expired at end of April
+    with pytest.raises(ValueError, match="open lots"):
+        apply_points_month(MAY, lots(("A", "2026-05", 5)), redemptions(), base())   # May is not yet earned
+
+
+def test_output_schemas_when_nothing_happens():
+    result = apply_points_month(MAY, lots(), redemptions(), base())
+    assert result.lot_changes.schema == pl.Schema(
+        {"subs_id": pl.String, "earn_month": pl.Date, "redeemed": pl.Int64, "expired": pl.Int64})
+    assert result.rejected.columns == ["txn_id", "subs_id", "txn_time", "points", "balance_at_time"]
+    assert result.balances.columns == ["subs_id", "earned", "redeemed", "expired", "balance"]
+    assert result.accepted.height == result.new_lots.height == result.balances.height == 0

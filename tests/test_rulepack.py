@@ -1,0 +1,236 @@
+"""Loading rule packs (transforms/rulepack.py): the shipped six-star pack, and every kind of error with its line."""
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from transforms.calendar import Month
+from transforms.rulepack import METRIC_CATALOGUE, PackError, load_pack, load_pack_text
+
+SIX_STAR = Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml"
+
+# A small valid pack; line numbers matter to the tests below (line 1 is "pack: mini").
+MINI = """\
+pack: mini
+tiers: [NONE_YET, LOW, HIGH]
+eligibility:
+  - when: status = 'CANCELLED'
+    reason: INELIGIBLE_CANCELLED
+rules:
+  - when: sum6_fen >= 180000
+    tier: HIGH
+    reason: AVG6
+  - when: otherwise
+    tier: LOW
+    reason: AVG6
+protection_months: 12
+points:
+  expiry_months: 24
+  multipliers: {NONE_YET: 0, LOW: 1, HIGH: 1.25}
+"""
+
+
+def load_error(text: str, source: str = "packs/bad.yaml") -> str:
+    with pytest.raises(PackError) as info:
+        load_pack_text(text, source)
+    return str(info.value)
+
+
+def test_six_star_loads_as_in_rules_md():
+    pack = load_pack(SIX_STAR)
+    assert pack.name == "six-star"
+    assert pack.tiers == ("UNRATED", "STAR1", "STAR2", "STAR3", "STAR4", "STAR5", "STAR6")
+    assert pack.unrated == "UNRATED" and pack.tier_labels["STAR6"] == "六星"
+    assert [e.reason for e in pack.eligibility] == [
+        "INELIGIBLE_CANCELLED", "INELIGIBLE_TYPE", "INELIGIBLE_REALNAME", "INELIGIBLE_TENURE"]
+    assert [(r.tier, r.reason) for r in pack.rules] == [
+        ("STAR6", "VIP_DESIGNATION"), ("STAR6", "POINTS"), ("STAR5", "AVG6"), ("STAR4", "GOTONE_FLOOR"),
+        ("STAR4", "AVG6"), ("STAR3", "AVG6"), ("STAR2", "AVG6"), ("STAR1", "AVG6")]
+    assert pack.rules[-1].condition is None  # otherwise
+    assert [(c.max_tier, c.reason, c.condition.text) for c in pack.caps] == [("STAR3", "ARREARS_CAP", "susp12 >= 3")]
+    assert pack.protection_months == 0
+    assert pack.points.expiry_months == 36
+    assert pack.points.multipliers == {"UNRATED": 0, "STAR1": 1, "STAR2": Fraction(3, 2), "STAR3": 2,
+                                       "STAR4": Fraction(5, 2), "STAR5": 3, "STAR6": 5}
+    assert all(isinstance(k, Fraction) for k in pack.points.multipliers.values())
+    assert list(pack.tags) == ["GROUP_KEY", "HIGH_DATA", "ROAMER", "NEW_JOINER", "ARREARS", "CHURN_RISK",
+                               "DOWNGRADE_RISK"]
+    assert list(pack.entitlements) == [
+        "VIP_LOUNGE", "ACCOUNT_MANAGER", "PHONE_MANAGER", "PRIORITY_COUNTER", "INTL_ROAMING_FAST",
+        "HOTLINE_PRIORITY", "NIGHT_NO_SUSPEND", "DELAYED_SUSPEND", "FREE_SIM_REPLACE", "POINTS_GIFTS",
+        "POINTS_REMINDER"]
+    assert pack.effective_from is None
+    assert pack.version == hashlib.sha256(SIX_STAR.read_bytes()).hexdigest()[:12]
+
+
+def test_six_star_metrics_used():
+    pack = load_pack(SIX_STAR)
+    assert pack.grading_metrics() == {"status", "subs_type", "realname_flag", "tenure_months", "vip_flag", "brand",
+                                      "prior_year_points", "sum6_fen", "susp12"}
+    assert pack.metrics_used() == pack.grading_metrics() | {
+        "group_key_flag", "data_fen", "cons_fen", "roam_months6", "cons_prev5_fen", "cons_m5_fen"}
+    assert pack.metrics_used() <= set(METRIC_CATALOGUE)
+
+
+def test_six_star_tags_evaluate():
+    pack = load_pack(SIX_STAR)
+    frame = pl.DataFrame({
+        "tier": ["STAR4", "STAR5", "STAR2"], "reason": ["AVG6", "AVG6", "AVG6"],
+        "sum6_fen": [100000, 180000, 18000], "cons_fen": [4000, 29999, 100],
+        "cons_prev5_fen": [96000, 150001, 17900], "cons_m5_fen": [5000, 30000, 100]})
+    result = frame.select(churn=pack.tags["CHURN_RISK"].expr, down=pack.tags["DOWNGRADE_RISK"].expr)
+    # CHURN_RISK: row 0 STAR4 and 4000 < 96000/5/2 = 9600; row 1 29999 >= 150001/10; row 2 is below STAR4
+    assert result["churn"].to_list() == [True, False, False]
+    # DOWNGRADE_RISK: row 0 100000 - 5000 + 4000 = 99000 >= 90000; row 1 180000 - 30000 + 29999 = 179999 < 180000;
+    # row 2 18000 - 100 + 100 = 18000, not below 18000
+    assert result["down"].to_list() == [False, True, False]
+
+
+def test_six_star_entitlements_evaluate():
+    pack = load_pack(SIX_STAR)
+    frame = pl.DataFrame({"tier": ["STAR6", "STAR5", "STAR3", "STAR1", "UNRATED"],
+                          "GROUP_KEY": [False, False, True, False, False]})
+    got = frame.select(**{name: c.expr for name, c in pack.entitlements.items()})
+    assert got["VIP_LOUNGE"].to_list() == [True, False, False, False, False]
+    assert got["ACCOUNT_MANAGER"].to_list() == [True, False, True, False, False]  # STAR6, or GROUP_KEY
+    assert got["PRIORITY_COUNTER"].to_list() == [True, True, True, False, False]  # STAR5 and up, or GROUP_KEY
+    assert got["HOTLINE_PRIORITY"].to_list() == [True, True, False, False, False]  # STAR4 and up
+    assert got["FREE_SIM_REPLACE"].to_list() == [True, True, True, False, False]  # STAR3 and up
+    assert got["POINTS_REMINDER"].to_list() == [True, True, True, True, False]  # STAR1 and up
+
+
+def test_mini_pack_and_effective_from():
+    pack = load_pack_text(MINI + "effective_from: '2026-07'\n", "mini.yaml")
+    assert pack.tiers == ("NONE_YET", "LOW", "HIGH") and pack.unrated == "NONE_YET"
+    assert pack.protection_months == 12 and pack.points.expiry_months == 24
+    assert pack.points.multipliers["HIGH"] == Fraction(5, 4)
+    assert pack.effective_from == Month(2026, 7)
+    assert pack.source == "mini.yaml"
+
+
+def test_version_is_the_content_hash(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(MINI, encoding="utf-8")
+    first = load_pack(path).version
+    assert first == hashlib.sha256(MINI.encode("utf-8")).hexdigest()[:12] and len(first) == 12
+    path.write_text(MINI + "# a comment changes the bytes\n", encoding="utf-8")
+    assert load_pack(path).version != first
+    path.write_text(MINI, encoding="utf-8")
+    assert load_pack(path).version == first
+
+
+def test_derived_metrics_in_order_and_metrics_used():
+    text = MINI.replace("rules:\n", """\
+derived:
+  - name: avg12_yuan
+    expr: floor(sum12_fen / 1200)
+  - name: score
+    expr: avg12_yuan + 0.5 * tenure_months - 10 * susp12
+rules:
+  - when: score >= 100
+    tier: HIGH
+    reason: SCORE
+""")
+    pack = load_pack_text(text, "score.yaml")
+    assert list(pack.derived) == ["avg12_yuan", "score"]
+    assert pack.derived["score"].denominator == 2 and pack.derived["score"].type == "number"
+    assert pack.grading_metrics() == {"status", "sum12_fen", "tenure_months", "susp12", "sum6_fen"}
+    frame = pl.DataFrame({"sum12_fen": [120000, 119999], "tenure_months": [20, 20], "susp12": [1, 1]})
+    # 120000/1200 = 100, + 10 - 10 = 100 >= 100; 119999 -> floor 99 -> 99 < 100
+    assert frame.select(pack.rules[0].condition.expr.alias("r"))["r"].to_list() == [True, False]
+    # a derived metric may only use earlier ones
+    swapped = text.replace("avg12_yuan + 0.5", "later + 0.5").replace(
+        "  - name: avg12_yuan\n    expr: floor(sum12_fen / 1200)\n", "")
+    assert "unknown name 'later'" in load_error(swapped)
+
+
+# --- errors name the file and the line ------------------------------------------------------------------------
+
+def test_bad_expression_names_file_and_line():
+    message = load_error(MINI.replace("sum6_fen >= 180000", "sum6_fen >= 180000; DROP TABLE x"))
+    assert message.startswith("packs/bad.yaml:7: rule 1: unexpected character ';'")
+    assert "column 29" in message  # '  - when: ' is 10 characters, then the 19th character of the condition
+
+
+def test_type_error_names_file_and_line():
+    message = load_error(MINI.replace("status = 'CANCELLED'", "status = 1"))
+    assert message.startswith("packs/bad.yaml:4: eligibility check 1: cannot compare str with number")
+
+
+def test_unknown_tier_names_file_and_line():
+    assert load_error(MINI.replace("tier: HIGH", "tier: HIGHEST")).startswith(
+        "packs/bad.yaml:8: unknown tier 'HIGHEST' in rule 1")
+    assert load_error(MINI.replace("LOW: 1,", "LOWER: 1,")).startswith("packs/bad.yaml:16: unknown tier 'LOWER'")
+
+
+def test_unknown_key_names_file_and_line():
+    assert load_error(MINI.replace("    reason: AVG6\n  - when: otherwise", "    reason: AVG6\n    run: x\n  - when: otherwise")
+                      ).startswith("packs/bad.yaml:10: unknown key 'run' in rule 1")
+    assert load_error(MINI + "python: os.system\n").startswith("packs/bad.yaml:17: unknown key 'python' in the pack")
+
+
+def test_duplicate_tier_and_duplicate_key():
+    assert load_error(MINI.replace("[NONE_YET, LOW, HIGH]", "[NONE_YET, LOW, LOW]")).startswith(
+        "packs/bad.yaml:2: duplicate tier 'LOW'")
+    assert load_error(MINI + "protection_months: 0\n").startswith(
+        "packs/bad.yaml:17: duplicate key 'protection_months' in the pack")
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("pack: mini\n", "", "packs/bad.yaml:1: the pack is missing 'pack'"),
+    ("HIGH: 1.25", "HIGH: 1/4", "packs/bad.yaml:16: the multiplier of HIGH must be a decimal literal"),
+    ("HIGH: 1.25", "HIGH: 1e3", "packs/bad.yaml:16: the multiplier of HIGH must be a decimal literal"),
+    ("HIGH: 1.25", "HIGH: -1", "packs/bad.yaml:16: the multiplier of HIGH must be a decimal literal"),
+    (", HIGH: 1.25", "", "packs/bad.yaml:16: multipliers are missing for HIGH"),
+    ("  - when: sum6_fen >= 180000\n    tier: HIGH\n    reason: AVG6\n  - when: otherwise",
+     "  - when: otherwise\n    tier: HIGH\n    reason: AVG6\n  - when: sum6_fen > 1",
+     "packs/bad.yaml:7: rule 1: 'otherwise' must be the last rule"),
+    ("protection_months: 12", "protection_months: -1", "packs/bad.yaml:13: protection_months must be a non-negative"),
+    ("protection_months: 12", "protection_months: 1.5", "packs/bad.yaml:13: protection_months must be a non-negative"),
+    ("[NONE_YET, LOW, HIGH]", "[NONE_YET, LOW, 'A B']", "packs/bad.yaml:2: tier 'A B' is not a valid name"),
+    ("[NONE_YET, LOW, HIGH]", "[NONE_YET, LOW, HIGH, sum6_fen]", "packs/bad.yaml:2: tier 'sum6_fen' has the name"),
+    ("[NONE_YET, LOW, HIGH]", "[ONLY]", "packs/bad.yaml:2: a pack needs the unrated tier and at least one"),
+    ("pack: mini", "pack: !!python/object/apply:os.system ['ls']", "packs/bad.yaml:1: YAML tag"),
+    ("pack: mini", "pack: &a mini", "packs/bad.yaml:1: invalid YAML: anchors and aliases are not allowed"),
+    ("tiers: [NONE_YET, LOW, HIGH]", "tiers: [NONE_YET, LOW, HIGH\n", "packs/bad.yaml:4: invalid YAML: expected ',' or ']'"),
+    ("when: status = 'CANCELLED'", "when: status = 'CANCELLED' or vip_flag.x", "packs/bad.yaml:4: eligibility check 1:"),
+    ("when: sum6_fen >= 180000", "when: sum6_fen / sum6_fen >= 1",
+     "packs/bad.yaml:7: rule 1: division is only allowed by a constant"),
+    ("when: sum6_fen >= 180000", "when: sum6_fen", "packs/bad.yaml:7: rule 1: a condition must be bool"),
+    ("when: sum6_fen >= 180000", "when: tier >= LOW", "packs/bad.yaml:7: rule 1: unknown name 'tier'"),
+    ("when: sum6_fen >= 180000", 'when: "sum6_fen >= open(\'/etc/passwd\')"',
+     "packs/bad.yaml:7: rule 1: unknown function 'open'"),
+])
+def test_pack_errors(old, new, expected):
+    assert old in MINI
+    assert load_error(MINI.replace(old, new, 1)).startswith(expected)
+
+
+def test_entitlements_only_see_tier_and_tags():
+    base = MINI + "tags:\n  BIG: sum6_fen >= 100\nentitlements:\n  LOUNGE: tier >= HIGH or BIG\n"
+    pack = load_pack_text(base, "ok.yaml")
+    assert pack.entitlements["LOUNGE"].text == "tier >= HIGH or BIG"
+    assert load_error(base.replace("or BIG", "or vip_flag")).startswith(
+        "packs/bad.yaml:20: entitlement LOUNGE: unknown name 'vip_flag'")
+    assert load_error(base.replace("BIG: sum6_fen", "HIGH: sum6_fen")).startswith(
+        "packs/bad.yaml:18: tag 'HIGH' is not a valid name or clashes")
+
+
+def test_empty_and_unreadable_files(tmp_path):
+    assert load_error("", "empty.yaml").startswith("empty.yaml:1: the pack is empty")
+    assert load_error("- a\n- b\n", "list.yaml").startswith("list.yaml:1: the pack must be a mapping")
+    (tmp_path / "latin.yaml").write_bytes(b"pack: caf\xe9\n")
+    with pytest.raises(PackError, match="latin.yaml:0: the pack is not UTF-8"):
+        load_pack(tmp_path / "latin.yaml")
+    with pytest.raises(PackError, match="missing.yaml:0: cannot read"):
+        load_pack(tmp_path / "missing.yaml")
+
+
+def test_error_inside_a_block_condition_names_its_line():
+    text = MINI.replace("  - when: sum6_fen >= 180000\n", "  - when: |\n      sum6_fen >= 180000\n      and vip_flag = 'Y'\n")
+    # line 7 '  - when: |', line 8 the first line of the block, line 9 the comparison of bool with str
+    assert load_error(text).startswith("packs/bad.yaml:9: rule 1: cannot compare bool with str (column 20)")

@@ -1,0 +1,45 @@
+"""The analysts' copy: `published/warehouse.duckdb`, holding the mart schema (no personal data) and the ops
+tables that explain it, replaced atomically after each successful run.
+
+It is built aside and renamed over the old file: an analyst who opened the old copy keeps reading it (the
+old file lives on while it is open), and a new connection sees the new state. A failed run never gets here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+PUBLISHED_DIR = "published"
+PUBLISHED_FILE = "warehouse.duckdb"
+# ops.quarantine is left out: its raw_text can hold personal data from ACCT lines.
+PUBLISHED_OPS = ("delivery", "run_ledger", "month_state")
+
+
+def published_path(home: Path) -> Path:
+    return Path(home) / PUBLISHED_DIR / PUBLISHED_FILE
+
+
+def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
+    target = published_path(home)
+    target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    tmp = target.with_name(f".{PUBLISHED_FILE}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    mart_tables = [r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'mart' ORDER BY 1").fetchall()]
+    con.execute("ATTACH ? AS pub", [str(tmp)])
+    try:
+        con.execute("CREATE SCHEMA pub.mart; CREATE SCHEMA pub.ops")
+        for table in mart_tables:
+            con.execute(f'CREATE TABLE pub.mart."{table}" AS SELECT * FROM mart."{table}"')
+        for table in PUBLISHED_OPS:
+            con.execute(f'CREATE TABLE pub.ops."{table}" AS SELECT * FROM ops."{table}"')
+    finally:
+        con.execute("DETACH pub")
+    os.chmod(tmp, 0o640)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
