@@ -6,8 +6,8 @@ from fractions import Fraction
 import polars as pl
 import pytest
 
-from transforms.expr import (Binary, Compare, ExprError, Literal, Name, Unary, check, compile_bool, compile_number,
-                             names_used, parse)
+from transforms.expr import (Binary, Compare, ExprError, Literal, Name, Unary, check, compile_bool,
+                             compile_number, names_used, parse)
 
 TYPES = {"a": "bool", "b": "bool", "c": "bool", "sum6_fen": "int", "tenure_months": "int", "x": "int",
          "brand": "str", "tier": "tier"}
@@ -200,6 +200,14 @@ def test_rejections(text, message):
     with pytest.raises(ExprError) as info:
         compile_bool(parse(text), TYPES, TIERS)
     assert message in str(info.value)
+
+
+def test_absurd_nesting_and_literals_are_refused():
+    with pytest.raises(ExprError, match="nested too deeply"):
+        parse("(" * 5000 + "x" + ")" * 5000 + " > 1")
+    with pytest.raises(ExprError, match="nested too deeply"):
+        parse("not " * 5000 + "a")
+    assert "number too large" in rejected("x > 99999999999999999999").message
 
 
 def test_error_line_and_column():

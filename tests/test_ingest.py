@@ -165,3 +165,11 @@ def test_event_id_repeated_in_a_later_delivery_is_quarantined(home, con):
     assert con.execute("SELECT file_name, line_no, reason FROM ops.quarantine").fetchall() == [
         ("SUSP_20260116.dat", 1, "DUPLICATE_KEY")]
     assert reconciliation_failures(con) == []
+
+
+def test_quarantine_exactly_at_the_threshold_is_not_over_it(home, con):
+    lines = bill_lines(100)
+    lines[0] = "S0000000|202601|RENT|"          # 1 of 100 = 1%: not more than 1%
+    deliver(home, "20260203", "BILL_202601.dat", lines)
+    [result] = ingest_all(con, home)
+    assert (result.status, result.loaded, result.quarantined) == ("LOADED", 99, 1)

@@ -81,7 +81,7 @@ def test_redemption_consumes_oldest_lots_first_across_three_lots():
     assert result.lot_changes.select("earn_month", "redeemed", "expired").rows() == [
         (date(2024, 1, 1), 100, 0), (date(2024, 2, 1), 30, 0)]
     assert as_dicts(result.balances, "subs_id", "redeemed", "balance") == {"A": (130, 90)}  # 220 - 130
-    rolled = roll_open_lots(open_lots, result)
+    rolled = roll_open_lots(MAY, open_lots, result)
     assert rolled.select("earn_month", "remaining").rows() == [
         (date(2024, 2, 1), 20), (date(2024, 3, 1), 70)]  # 50 - 30; the emptied lot is gone
 
@@ -115,7 +115,7 @@ def test_redemption_equal_to_the_balance_is_accepted():
     assert result.lot_changes.select("earn_month", "redeemed").rows() == [
         (date(2024, 6, 1), 90), (date(2025, 6, 1), 60)]
     assert as_dicts(result.balances, "subs_id", "balance") == {"A": (0,)}
-    assert roll_open_lots(open_lots, result).height == 0
+    assert roll_open_lots(MAY, open_lots, result).height == 0
 
 
 def test_redemption_without_any_points_is_rejected_against_zero():
@@ -165,7 +165,7 @@ def test_balance_identity_over_two_months():
     assert apr.lot_changes.rows() == [("A", date(2023, 4, 1), 50, 0), ("A", date(2023, 5, 1), 30, 0)]
     assert as_dicts(apr.balances, "subs_id", "earned", "redeemed", "expired", "balance") == {
         "A": (200, 80, 0, 410)}   # 290 - 80 - 0 + 200
-    open_april = roll_open_lots(open_march, apr)
+    open_april = roll_open_lots(april, open_march, apr)
     assert open_april.select("earn_month", "remaining").rows() == [
         (date(2023, 5, 1), 10), (date(2025, 1, 1), 200), (date(2026, 4, 1), 200)]   # sums to 410
     # notice: what expires at the end of May is what is left of 2023-05 (May - 36)
@@ -179,7 +179,7 @@ def test_balance_identity_over_two_months():
     assert may_run.lot_changes.rows() == [("A", date(2023, 5, 1), 5, 5)]   # the 5 left expire
     assert as_dicts(may_run.balances, "subs_id", "earned", "redeemed", "expired", "balance") == {
         "A": (0, 5, 5, 400)}   # balance(Apr) 410 - 5 - 5 + 0
-    assert roll_open_lots(open_april, may_run)["remaining"].sum() == 400
+    assert roll_open_lots(MAY, open_april, may_run)["remaining"].sum() == 400
 
 
 # --- prior_year_points ---

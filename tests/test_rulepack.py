@@ -168,8 +168,8 @@ def test_unknown_tier_names_file_and_line():
 
 
 def test_unknown_key_names_file_and_line():
-    assert load_error(MINI.replace("    reason: AVG6\n  - when: otherwise", "    reason: AVG6\n    run: x\n  - when: otherwise")
-                      ).startswith("packs/bad.yaml:10: unknown key 'run' in rule 1")
+    text = MINI.replace("    reason: AVG6\n  - when: otherwise", "    reason: AVG6\n    run: x\n  - when: otherwise")
+    assert load_error(text).startswith("packs/bad.yaml:10: unknown key 'run' in rule 1")
     assert load_error(MINI + "python: os.system\n").startswith("packs/bad.yaml:17: unknown key 'python' in the pack")
 
 
@@ -196,8 +196,10 @@ def test_duplicate_tier_and_duplicate_key():
     ("[NONE_YET, LOW, HIGH]", "[ONLY]", "packs/bad.yaml:2: a pack needs the unrated tier and at least one"),
     ("pack: mini", "pack: !!python/object/apply:os.system ['ls']", "packs/bad.yaml:1: YAML tag"),
     ("pack: mini", "pack: &a mini", "packs/bad.yaml:1: invalid YAML: anchors and aliases are not allowed"),
-    ("tiers: [NONE_YET, LOW, HIGH]", "tiers: [NONE_YET, LOW, HIGH\n", "packs/bad.yaml:4: invalid YAML: expected ',' or ']'"),
-    ("when: status = 'CANCELLED'", "when: status = 'CANCELLED' or vip_flag.x", "packs/bad.yaml:4: eligibility check 1:"),
+    ("tiers: [NONE_YET, LOW, HIGH]", "tiers: [NONE_YET, LOW, HIGH\n",
+     "packs/bad.yaml:4: invalid YAML: expected ',' or ']'"),
+    ("when: status = 'CANCELLED'", "when: status = 'CANCELLED' or vip_flag.x",
+     "packs/bad.yaml:4: eligibility check 1: unexpected character '.'"),
     ("when: sum6_fen >= 180000", "when: sum6_fen / sum6_fen >= 1",
      "packs/bad.yaml:7: rule 1: division is only allowed by a constant"),
     ("when: sum6_fen >= 180000", "when: sum6_fen", "packs/bad.yaml:7: rule 1: a condition must be bool"),
@@ -231,6 +233,7 @@ def test_empty_and_unreadable_files(tmp_path):
 
 
 def test_error_inside_a_block_condition_names_its_line():
-    text = MINI.replace("  - when: sum6_fen >= 180000\n", "  - when: |\n      sum6_fen >= 180000\n      and vip_flag = 'Y'\n")
+    text = MINI.replace("  - when: sum6_fen >= 180000\n",
+                        "  - when: |\n      sum6_fen >= 180000\n      and vip_flag = 'Y'\n")
     # line 7 '  - when: |', line 8 the first line of the block, line 9 the comparison of bool with str
     assert load_error(text).startswith("packs/bad.yaml:9: rule 1: cannot compare bool with str (column 20)")

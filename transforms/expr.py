@@ -15,6 +15,7 @@ A pack is data: this grammar is all it can say, so it can never run code or reac
 
 Arithmetic is exact: every numeric sub-expression compiles to an Int64 Polars expression over a constant positive
 integer denominator, so `sum6_fen / 6 >= 30000` becomes `sum6_fen * 1 >= 30000 * 6`. Division is only by a constant.
+Products must stay within Int64 (about 9.2e18: far above fen sums times small denominators).
 Null metrics propagate (null comparisons are false in a when/then chain); the grading engine rejects null inputs.
 """
 from __future__ import annotations
@@ -33,10 +34,10 @@ FUNCTIONS = {"floor": 1, "abs": 1, "min": 2, "max": 2}
 COMPARISONS = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
                ">": operator.gt, ">=": operator.ge}
 _KEYWORDS = {"and", "or", "not", "true", "false"}
-_MAX_LITERAL = 2 ** 53  # keeps cross-multiplied Int64 arithmetic far from overflow for realistic metrics
+_MAX_LITERAL = 2 ** 53  # refuses absurd literals; Int64 products of metrics and denominators are not checked
 _TOKEN_RE = re.compile(r"""
     (?P<ws>[ \t\r\n]+)
-  | (?P<num>\d+(?:\.\d+)?)
+  | (?P<num>[0-9]+(?:\.[0-9]+)?)
   | (?P<str>'[^'\n]*')
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op>//|<=|>=|!=|[=<>+\-*/(),])
@@ -233,7 +234,10 @@ class _Parser:
 
 def parse(text: str, line: int = 1, column: int = 1) -> Node:
     """Parses a condition or a numeric expression; `line`/`column` place it in its file for error messages."""
-    return _Parser(_tokenize(text, line, column)).parse()
+    try:
+        return _Parser(_tokenize(text, line, column)).parse()
+    except RecursionError:
+        raise ExprError("expression nested too deeply", line, column) from None
 
 
 def _children(node: Node) -> tuple[Node, ...]:
@@ -258,13 +262,9 @@ _CONST_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": oper
 _CONST_FUNCS = {"floor": lambda a: Fraction(math.floor(a)), "abs": abs, "min": min, "max": max}
 
 
-def _is_number(node: Node) -> bool:
-    return isinstance(node, Literal) and isinstance(node.value, Fraction)
-
-
 def _const(node: Node) -> Fraction | None:
     """The exact value of a constant numeric sub-expression, else None (also for bad constants: check reports)."""
-    if _is_number(node):
+    if isinstance(node, Literal) and isinstance(node.value, Fraction):
         return node.value
     if isinstance(node, Unary) and node.op == "-":
         value = _const(node.operand)

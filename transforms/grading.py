@@ -3,12 +3,13 @@
 Order: (1) ineligible -> the unrated tier, reason of the first eligibility check that excludes; (2) an override
 -> its tier, reason OVERRIDE, never capped; (3..) the pack rules, first match wins, then the caps in pack order.
 Everything is one vectorised select: when/then chains over tier indexes (the pack order), no Python loop per row.
-Downgrade protection is applied afterwards by the caller (transforms.monthly.apply_protection).
+Downgrade protection is applied afterwards (apply_protection below), with the tiers in effect.
 """
 from __future__ import annotations
 
 import polars as pl
 
+from transforms.calendar import Month
 from transforms.rulepack import METRIC_CATALOGUE, RulePack
 
 OVERRIDE_REASON = "OVERRIDE"
@@ -136,3 +137,24 @@ def _validate_metrics(pack: RulePack, metrics: pl.DataFrame) -> None:
     nulls = [c for c in needed if metrics[c].null_count()]
     if nulls:
         raise ValueError(f"metrics with null values: {', '.join(nulls)}")
+
+
+def apply_protection(assigned: pl.DataFrame, previous: pl.DataFrame, month: Month, tiers: list[str],
+                     protection_months: int) -> pl.DataFrame:
+    """Downgrade protection: an eligible subscriber whose new tier is lower keeps the previous tier while fewer
+    than N months have passed since it was attained. `previous`: subs_id, prev_tier, since_month (Date)."""
+    if protection_months <= 0:
+        return assigned.with_columns(protected=pl.lit(False))
+    rank = {t: i for i, t in enumerate(tiers)}
+    joined = assigned.join(previous, on="subs_id", how="left")
+    months_held = (month.index - (pl.col("since_month").dt.year().cast(pl.Int64) * 12
+                                  + pl.col("since_month").dt.month().cast(pl.Int64) - 1))
+    keep = (pl.col("eligible") & pl.col("prev_tier").is_not_null()
+            & (pl.col("prev_tier").replace_strict(rank, default=0, return_dtype=pl.Int64)
+               > pl.col("tier").replace_strict(rank, default=0, return_dtype=pl.Int64))
+            & (months_held < protection_months))
+    return joined.with_columns(
+        tier=pl.when(keep).then(pl.col("prev_tier")).otherwise(pl.col("tier")),
+        reason=pl.when(keep).then(pl.lit("PROTECTED")).otherwise(pl.col("reason")),
+        protected=keep.fill_null(False),
+    ).drop("prev_tier", "since_month")

@@ -8,6 +8,7 @@ same file name replaced it). Loading the same delivery twice changes nothing.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -150,7 +151,8 @@ def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
         raise FileRejected(control.file_name, "RECORD_COUNT_MISMATCH",
                            f"{parsed.record_count} records delivered, control file says {control.record_count}")
     bad = parsed.quarantine.height
-    if parsed.record_count and bad / parsed.record_count > max_share:
+    share = Fraction(str(max_share))  # exact: 1 bad line in 100 is not over 1%
+    if bad * share.denominator > parsed.record_count * share.numerator:
         raise FileRejected(control.file_name, "QUARANTINE_THRESHOLD",
                            f"{bad} of {parsed.record_count} records quarantined "
                            f"(more than {max_share:.1%}); first: line {parsed.quarantine['line_no'][0]} "

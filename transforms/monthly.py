@@ -14,7 +14,7 @@ import duckdb
 import polars as pl
 
 from transforms.calendar import Month
-from transforms.grading import assign_tiers
+from transforms.grading import apply_protection, assign_tiers
 from transforms.ingest import snapshot_date_for
 from transforms.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
 from transforms.points import apply_points_month
@@ -262,6 +262,7 @@ def grading_metrics(con, month: Month, snapshot) -> pl.DataFrame:
                    sum(cons_fen) FILTER (WHERE month >= $m6) AS sum6_fen,
                    sum(cons_fen) AS sum12_fen,
                    sum(cons_fen) FILTER (WHERE month >= $m6 AND month < $m) AS cons_prev5_fen,
+                   sum(cons_fen) FILTER (WHERE month = $m6) AS cons_m5_fen,
                    sum(data_fen) FILTER (WHERE month = $m) AS data_fen,
                    sum(roam_fen) FILTER (WHERE month = $m) AS roam_fen,
                    count(*) FILTER (WHERE month >= $m6 AND roam_fen > 0) AS roam_months6
@@ -283,6 +284,7 @@ def grading_metrics(con, month: Month, snapshot) -> pl.DataFrame:
                coalesce(sm.cons_fen, 0)::BIGINT AS cons_fen, coalesce(sm.sum3_fen, 0)::BIGINT AS sum3_fen,
                coalesce(sm.sum6_fen, 0)::BIGINT AS sum6_fen, coalesce(sm.sum12_fen, 0)::BIGINT AS sum12_fen,
                coalesce(sm.cons_prev5_fen, 0)::BIGINT AS cons_prev5_fen,
+               coalesce(sm.cons_m5_fen, 0)::BIGINT AS cons_m5_fen,
                coalesce(sm.data_fen, 0)::BIGINT AS data_fen, coalesce(sm.roam_fen, 0)::BIGINT AS roam_fen,
                coalesce(sm.roam_months6, 0)::BIGINT AS roam_months6,
                coalesce(susp.susp12, 0)::BIGINT AS susp12, coalesce(susp.susp12_oneway, 0)::BIGINT AS susp12_oneway,
@@ -309,27 +311,6 @@ def active_overrides(con, month: Month) -> pl.DataFrame:
         WHERE tier <> 'NONE' AND from_month <= $m AND to_month >= $m
         QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY day DESC, override_id DESC) = 1
         ORDER BY subs_id""", params={"m": month.first_day}).pl()
-
-
-def apply_protection(assigned: pl.DataFrame, previous: pl.DataFrame, month: Month, tiers: list[str],
-                     protection_months: int) -> pl.DataFrame:
-    """Downgrade protection: an eligible subscriber whose new tier is lower keeps the previous tier while fewer
-    than N months have passed since it was attained. `previous`: subs_id, prev_tier, since_month (Date)."""
-    if protection_months <= 0:
-        return assigned.with_columns(protected=pl.lit(False))
-    rank = {t: i for i, t in enumerate(tiers)}
-    joined = assigned.join(previous, on="subs_id", how="left")
-    months_held = (month.index - (pl.col("since_month").dt.year().cast(pl.Int64) * 12
-                                  + pl.col("since_month").dt.month().cast(pl.Int64) - 1))
-    keep = (pl.col("eligible") & pl.col("prev_tier").is_not_null()
-            & (pl.col("prev_tier").replace_strict(rank, default=0, return_dtype=pl.Int64)
-               > pl.col("tier").replace_strict(rank, default=0, return_dtype=pl.Int64))
-            & (months_held < protection_months))
-    return joined.with_columns(
-        tier=pl.when(keep).then(pl.col("prev_tier")).otherwise(pl.col("tier")),
-        reason=pl.when(keep).then(pl.lit("PROTECTED")).otherwise(pl.col("reason")),
-        protected=keep.fill_null(False),
-    ).drop("prev_tier", "since_month")
 
 
 def grade(con, month: Month, pack: RulePack, snapshot) -> MonthlyResult:

@@ -74,9 +74,9 @@ METRIC_CATALOGUE: dict[str, str] = {
 # Names available to tags besides metrics: the graded result of the subscriber.
 RESULT_TYPES = {"tier": "tier", "reason": "str"}
 OTHERWISE = "otherwise"
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = {"and", "or", "not", "true", "false", OTHERWISE, "NONE", *FUNCTIONS, *RESULT_TYPES}
-_DECIMAL = re.compile(r"^\d+(\.\d+)?$")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 
 
@@ -217,18 +217,26 @@ class _Loader:
         raise PackError(f"{self.source}:{line}: {message}")
 
     # schema helpers
-    def mapping(self, node, what: str, required: tuple = (), optional: tuple = ()) -> dict[str, yaml.Node]:
+    def entries(self, node, what: str) -> list[tuple[yaml.Node, str, yaml.Node]]:
+        """(key node, key, value node) of a mapping, refusing duplicate keys (plain YAML keeps the last)."""
         if not isinstance(node, yaml.MappingNode):
             self.fail(node, f"{what} must be a mapping")
-        found: dict[str, yaml.Node] = {}
+        seen, result = set(), []
         for key, value in node.value:
             name = self.scalar(key, f"a key of {what}")
-            if name in found:
+            if name in seen:
                 self.fail(key, f"duplicate key {name!r} in {what}")
-            if required or optional:
-                if name not in required and name not in optional:
-                    self.fail(key, f"unknown key {name!r} in {what} (expected {', '.join(required + optional)})")
             self.tagged(value)
+            seen.add(name)
+            result.append((key, name, value))
+        return result
+
+    def mapping(self, node, what: str, required: tuple = (), optional: tuple = ()) -> dict[str, yaml.Node]:
+        """A mapping with a fixed set of keys: unknown keys and missing required keys are errors."""
+        found = {}
+        for key, name, value in self.entries(node, what):
+            if name not in required and name not in optional:
+                self.fail(key, f"unknown key {name!r} in {what} (expected {', '.join(required + optional)})")
             found[name] = value
         for name in required:
             if name not in found:
@@ -252,7 +260,7 @@ class _Loader:
 
     def identifier(self, node, what: str) -> str:
         name = self.scalar(node, what)
-        if not _IDENT.match(name) or name in _RESERVED:
+        if not _IDENT.fullmatch(name) or name in _RESERVED:
             self.fail(node, f"{what} {name!r} is not a valid name")
         return name
 
@@ -415,34 +423,31 @@ class _Loader:
 
     def load_points(self, node) -> Points:
         fields = self.mapping(node, "points", required=("expiry_months", "multipliers"))
-        expiry = self.integer(fields["expiry_months"], "expiry_months")
         given = {}
-        multipliers = self.mapping(fields["multipliers"], "multipliers")
-        for key, value in fields["multipliers"].value:
+        for key, _, value in self.entries(fields["multipliers"], "multipliers"):
             tier = self.tier(key, "multipliers")
             text = self.scalar(value, f"the multiplier of {tier}")
-            if not _DECIMAL.match(text):
+            if not _DECIMAL.fullmatch(text):
                 self.fail(value, f"the multiplier of {tier} must be a decimal literal like 1.5, got {text!r}")
             given[tier] = Fraction(text)
-        missing = [t for t in self.tiers if t not in multipliers]
+        missing = [t for t in self.tiers if t not in given]
         if missing:
             self.fail(fields["multipliers"], f"multipliers are missing for {', '.join(missing)}")
-        return Points(expiry, {t: given[t] for t in self.tiers})
+        return Points(self.integer(fields["expiry_months"], "expiry_months"), {t: given[t] for t in self.tiers})
 
     def load_tags(self, node) -> dict[str, Condition]:
         types = {**self.types, **RESULT_TYPES}
         result = {}
-        for key, value in self.mapping(node, "tags").items():
-            key_node = next(k for k, v in node.value if v is value)
-            if not _IDENT.match(key) or key in _RESERVED or key in types or key in self.tiers:
-                self.fail(key_node, f"tag {key!r} is not a valid name or clashes with a metric or tier")
-            result[key] = self.condition(value, f"tag {key}", types)
+        for key, name, value in self.entries(node, "tags"):
+            if not _IDENT.fullmatch(name) or name in _RESERVED or name in types or name in self.tiers:
+                self.fail(key, f"tag {name!r} is not a valid name or clashes with a metric or tier")
+            result[name] = self.condition(value, f"tag {name}", types)
         return result
 
     def load_entitlements(self, node, tags: dict[str, Condition]) -> dict[str, Condition]:
         types = {"tier": "tier", **{tag: "bool" for tag in tags}}
-        return {key: self.condition(value, f"entitlement {key}", types)
-                for key, value in self.mapping(node, "entitlements").items()}
+        return {name: self.condition(value, f"entitlement {name}", types)
+                for _, name, value in self.entries(node, "entitlements")}
 
     def load_month(self, node) -> Month:
         text = self.scalar(node, "effective_from")
