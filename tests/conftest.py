@@ -14,3 +14,10 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def cli_env(prefect_harness) -> dict:
+    """Environment for `tierflow` subprocesses: they reuse the harness's server instead of starting their own."""
+    from prefect.settings import PREFECT_API_URL
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}

@@ -125,6 +125,22 @@ def test_redemption_without_any_points_is_rejected_against_zero():
     assert result.balances.select("subs_id", "balance").rows() == [("A", 5), ("NOPTS", 0)]
 
 
+def test_subscribers_are_settled_independently_in_one_pass():
+    open_lots = lots(("A", "2025-01", 100), ("B", "2025-02", 50))
+    result = apply_points_month(MAY, open_lots, redemptions(
+        ("A1", "A", may(1), 70),    # A: 70 <= 100, leaves 30
+        ("B1", "B", may(2), 60),    # B: 60 > 50 -> rejected at 50
+        ("A2", "A", may(3), 20),    # A: 20 <= 30, leaves 10
+        ("B2", "B", may(4), 50),    # B: 50 <= 50, leaves 0
+        ("A3", "A", may(5), 20),    # A: 20 > 10 -> rejected at 10
+        ("C1", "C", may(6), 5),     # C has no points: rejected at 0
+    ), base())
+    assert result.accepted["txn_id"].to_list() == ["A1", "A2", "B2"]
+    assert result.rejected.select("txn_id", "balance_at_time").rows() == [("A3", 10), ("B1", 50), ("C1", 0)]
+    assert result.balances.select("subs_id", "redeemed", "balance").rows() == [
+        ("A", 90, 10), ("B", 50, 0), ("C", 0, 0)]   # A 100 - 70 - 20; B 50 - 50
+
+
 # --- expiry (step 2) ---
 
 def test_only_what_redemptions_left_of_the_m_minus_36_lot_expires():
@@ -182,6 +198,23 @@ def test_balance_identity_over_two_months():
     assert roll_open_lots(MAY, open_april, may_run)["remaining"].sum() == 400
 
 
+def test_roll_open_lots_keeps_untouched_lots_and_adds_new_ones():
+    open_lots = lots(("A", "2023-05", 9),                          # M-36: expires whole (9)
+                     ("A", "2024-01", 10), ("B", "2024-01", 20), ("B", "2024-02", 30), ("C", "2025-01", 40))
+    result = apply_points_month(MAY, open_lots, redemptions(("R1", "B", may(7), 25)),   # 20 of 2024-01, 5 of 2024-02
+                                base(("A", 100, 1, 1), ("D", 300, 1, 1)))               # A earns 1, D earns 3
+    assert result.lot_changes.rows() == [
+        ("A", date(2023, 5, 1), 0, 9), ("B", date(2024, 1, 1), 20, 0), ("B", date(2024, 2, 1), 5, 0)]
+    rolled = roll_open_lots(MAY, open_lots, result)
+    # untouched lots in input order, then the redeemers' lots, then May's new lots
+    assert rolled.rows() == [
+        ("A", date(2024, 1, 1), 10), ("C", date(2025, 1, 1), 40),
+        ("B", date(2024, 2, 1), 25),                                # 30 - 5
+        ("A", date(2026, 5, 1), 1), ("D", date(2026, 5, 1), 3)]
+    assert result.balances.select("subs_id", "balance").rows() == [
+        ("A", 11), ("B", 25), ("C", 40), ("D", 3)]                 # A 19 - 9 + 1; B 50 - 25
+
+
 # --- prior_year_points ---
 
 def test_prior_year_points_counts_earned_of_last_year_only():
@@ -205,6 +238,8 @@ def test_inputs_outside_the_contract_are_refused():
         apply_points_month(MAY, lots(("A", "2023-04", 5)), redemptions(), base())   # expired at end of April
     with pytest.raises(ValueError, match="open lots"):
         apply_points_month(MAY, lots(("A", "2026-05", 5)), redemptions(), base())   # May is not yet earned
+    with pytest.raises(ValueError, match="duplicate subs_id in accrual_base"):
+        apply_points_month(MAY, lots(), redemptions(), base(("A", 100, 1, 1), ("A", 200, 1, 1)))
 
 
 def test_output_schemas_when_nothing_happens():

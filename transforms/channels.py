@@ -13,7 +13,7 @@ Feeds, fixed by the channel name:
 - points_expiry: the points left at the end of M of the lot that expires at the end of M+1, for subscribers
   of S(M) who are not cancelled;
 - sms_lost_daily: subscribers holding a rated tier on day D who are CANCELLED in, or vanished from, the ACCT
-  snapshot of D (and were neither in the snapshot before it).
+  snapshot of D, having been present and not cancelled in the snapshot before it.
 """
 from __future__ import annotations
 
@@ -504,6 +504,8 @@ def write_outbox(home: Path, files: list[OutFile]) -> list[Path]:
     control file is removed before its data file changes, so a reader never pairs new data with an old control
     file. A file whose bytes are already in place is left untouched. Leftovers of a killed run are removed.
     """
+    for out in files:  # refuse a bad path before writing anything
+        _check_relpath(out.relpath, ChannelError, f"outbox file {out.relpath!r}")
     Path(home).mkdir(parents=True, exist_ok=True)
     root = Path(home) / OUTBOX
     _make_dirs(root, Path(home))

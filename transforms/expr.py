@@ -17,6 +17,9 @@ Arithmetic is exact: every numeric sub-expression compiles to an Int64 Polars ex
 integer denominator, so `sum6_fen / 6 >= 30000` becomes `sum6_fen * 1 >= 30000 * 6`. Division is only by a constant.
 Products must stay within Int64 (about 9.2e18: far above fen sums times small denominators).
 Null metrics propagate (null comparisons are false in a when/then chain); the grading engine rejects null inputs.
+
+A compile may substitute numeric names with other, precompiled values (`substitutes`): tags use it to ask whether a
+rule would still hold if a metric took another value ("what if" re-evaluation, see rulepack.Tag).
 """
 from __future__ import annotations
 
@@ -348,14 +351,17 @@ def _scale(expr: pl.Expr, factor: int) -> pl.Expr:
 
 
 class _Compiler:
-    def __init__(self, metric_types: dict[str, str], tier_order, derived):
+    def __init__(self, metric_types: dict[str, str], tier_order, derived, substitutes=None):
         self.types, self.tiers, self.derived = metric_types, list(tier_order), derived or {}
+        self.substitutes = substitutes or {}
 
     def number(self, node: Node) -> tuple[pl.Expr, int]:
         const = _const(node)
         if const is not None:
             return _lit(const.numerator), const.denominator
         if isinstance(node, Name):
+            if node.name in self.substitutes:  # checked first: also reaches names read through derived metrics
+                return self.substitutes[node.name]
             if node.name in self.derived:
                 return self.number(self.derived[node.name])
             return pl.col(node.name).cast(pl.Int64), 1
@@ -429,12 +435,13 @@ class _Compiler:
         return self.boolean(node)
 
 
-def compile_bool(node: Node, metric_types: dict[str, str], tier_order, derived=None) -> pl.Expr:
-    """A Boolean Polars expression. `derived`: name -> parsed Node of the pack's derived metrics (inlined)."""
+def compile_bool(node: Node, metric_types: dict[str, str], tier_order, derived=None, substitutes=None) -> pl.Expr:
+    """A Boolean Polars expression. `derived`: name -> parsed Node of the pack's derived metrics (inlined).
+    `substitutes`: numeric name -> (Int64 numerator expression, positive denominator) used in its place."""
     kind = check(node, metric_types, tier_order)
     if kind != "bool":
         raise ExprError(f"a condition must be bool, got {kind}", node.line, node.column)
-    return _Compiler(metric_types, tier_order, derived).boolean(node)
+    return _Compiler(metric_types, tier_order, derived, substitutes).boolean(node)
 
 
 def compile_number(node: Node, metric_types: dict[str, str], tier_order=(), derived=None) -> tuple[pl.Expr, int]:

@@ -80,7 +80,8 @@ def prior_year_points(month: Month, lots: pl.DataFrame) -> pl.DataFrame:
     """subs_id, prior_year_points: `earned` of the lots earned in the calendar year before `month`'s year.
 
     Uses `earned` (the accrual), never what is left, so redemptions and expiry do not reduce qualifying points.
-    Every subs_id of `lots` gets a row (0 when it earned nothing that year); other subscribers have 0 too.
+    Every subs_id of `lots` gets a row (0 when it earned nothing that year); a subscriber absent from `lots`
+    has 0 (callers fill it in).
     """
     in_prior_year = pl.col("earn_month").dt.year() == month.year - 1
     return (lots.group_by(_SUBS)
@@ -164,8 +165,10 @@ def _consume_fifo(redeemers_lots: pl.DataFrame, redeemed_per_subs: pl.DataFrame)
 
 def _lot_side_totals(lot_totals: pl.DataFrame, redeemed_per_subs: pl.DataFrame, consumed: pl.DataFrame,
                      expiring_lot) -> pl.DataFrame:
-    """subs_id, opening, redeemed, expired, expiring_redeemed: what redemptions left of the expiring lot expires."""
-    from_expiring = consumed.filter(pl.col("earn_month") == expiring_lot).select(_SUBS, expiring_redeemed="redeemed")
+    """subs_id, opening, redeemed (in total), expiring_redeemed (taken from the expiring lot), expired (the rest
+    of the expiring lot): one row per subscriber with open lots."""
+    from_expiring = (consumed.filter(pl.col("earn_month") == expiring_lot)
+                     .select(_SUBS, expiring_redeemed="redeemed"))
     return (lot_totals.join(redeemed_per_subs, on=_SUBS, how="left")
             .join(from_expiring, on=_SUBS, how="left")
             .with_columns(pl.col("redeemed", "expiring_redeemed").fill_null(0))
@@ -184,7 +187,7 @@ def _lot_changes(consumed: pl.DataFrame, per_subs: pl.DataFrame, expiring_lot) -
     return others.merge_sorted(expiring, key=[_SUBS, "earn_month"])
 
 
-def _accrue(accrual_base: pl.LazyFrame) -> pl.LazyFrame:
+def _accrue(accrual_base: pl.DataFrame) -> pl.DataFrame:
     """subs_id, earned = ceil(max(cons_fen, 0) * mult_num / (100 * mult_den)), exact in integers.
 
     With a >= 0 and b > 0, ceil(a / b) = (a + b - 1) // b (floor and truncation agree for non-negatives).
@@ -202,7 +205,7 @@ def _balances(per_subs: pl.DataFrame, earned: pl.DataFrame, settled: pl.DataFram
     lot_side = per_subs.select(_SUBS, "opening", "redeemed", "expired")
     out = (lot_side.join(earned, on=_SUBS, how="full", coalesce=True)
            .join(settled.select(_SUBS).unique(), on=_SUBS, how="full", coalesce=True)
-           .fill_null(0))
+           .with_columns(pl.col("opening", "redeemed", "expired", "earned").fill_null(0)))
     out = (out.select(_SUBS, "earned", "redeemed", "expired",
                       balance=pl.col("opening") - pl.col("redeemed") - pl.col("expired") + pl.col("earned"))
            .sort(_SUBS))

@@ -24,8 +24,9 @@ def published_path(home: Path) -> Path:
 def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
     target = published_path(home)
     target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{PUBLISHED_FILE}.*.tmp"):  # from a run killed mid-publish
+        leftover.unlink()
     tmp = target.with_name(f".{PUBLISHED_FILE}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
     mart_tables = [r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
         "AND schema_name = 'mart' ORDER BY 1").fetchall()]

@@ -1,0 +1,361 @@
+"""Channel files (outputs.md "Channel files"): the golden province of test_monthly_golden graded for July 2026,
+its boss / sms / crm files checked line by line against the hand-worked July changes; the points-expiry notice
+on a tiny hand-made ledger; the nightly LOST notice; configuration refusals; atomic, private, repeatable writes."""
+from __future__ import annotations
+
+import json
+import stat
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.builders import Sub, deliver
+from tests.test_monthly_golden import JAN, JUL, PACK, build
+from transforms.calendar import month_range
+from transforms.channels import (DEFAULT_CONFIG, ChannelConfigError, ChannelError, OutFile, count_mismatches,
+                                 load_channels, points_expiring, render_month, render_nightly_lost,
+                                 render_points_expiry, write_outbox)
+from transforms.control import read_control, verify_control
+from transforms.ingest import ingest_delivery, scan_landing
+from transforms.monthly import run_monthly
+from transforms.warehouse import connect
+
+CHANNELS = load_channels(DEFAULT_CONFIG)
+MSISDN = "13800000000"  # tests.builders.Sub: "138" + the digits of the subs_id (none here), padded to 8
+
+# Entitlement changes of July by the six-star table (nobody is GROUP_KEY, so tiers alone decide): gained (+)
+# then lost (-), each sorted.
+ENTITLEMENTS = {
+    "B": "+PHONE_MANAGER;+PRIORITY_COUNTER",  # STAR4 -> STAR5: the two "STAR5 and up" ones
+    # STAR6 -> STAR1: everything but POINTS_REMINDER (STAR1 and up) is lost
+    "D": "-ACCOUNT_MANAGER;-DELAYED_SUSPEND;-FREE_SIM_REPLACE;-HOTLINE_PRIORITY;-INTL_ROAMING_FAST;"
+         "-NIGHT_NO_SUSPEND;-PHONE_MANAGER;-POINTS_GIFTS;-PRIORITY_COUNTER;-VIP_LOUNGE",
+    "G": "-POINTS_REMINDER",  # STAR1 -> UNRATED
+    # UNRATED -> STAR5: all but VIP_LOUNGE and ACCOUNT_MANAGER (STAR6 only)
+    "K": "+DELAYED_SUSPEND;+FREE_SIM_REPLACE;+HOTLINE_PRIORITY;+INTL_ROAMING_FAST;+NIGHT_NO_SUSPEND;"
+         "+PHONE_MANAGER;+POINTS_GIFTS;+POINTS_REMINDER;+PRIORITY_COUNTER",
+    "S": "+HOTLINE_PRIORITY;+INTL_ROAMING_FAST;+PHONE_MANAGER;+PRIORITY_COUNTER",  # STAR3 -> STAR5
+}
+# Tags of July: K joined 2026-02, tenure 6 <= 12 (NEW_JOINER); S has 2 two-way suspensions in 2025-08..2026-07
+# (ARREARS). B, D: no tag rule holds; G is absent from S(July): no assignment, no tags.
+TAGS = {"B": "", "D": "", "G": "", "K": "NEW_JOINER", "S": "ARREARS"}
+# The July changes of test_monthly_golden: subs_id, from, to, change type
+CHANGES = [("B", "STAR4", "STAR5", "UPGRADE"), ("D", "STAR6", "STAR1", "DOWNGRADE"), ("G", "STAR1", "UNRATED", "LOST"),
+           ("K", "UNRATED", "STAR5", "NEW"), ("S", "STAR3", "STAR5", "UPGRADE")]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    home = tmp_path_factory.mktemp("channels")
+    build(home)
+    con = connect(home)
+    for d in scan_landing(home).delivered:
+        assert ingest_delivery(con, home, d, "test").status == "LOADED"
+    for m in month_range(JAN, JUL):
+        run_monthly(con, m, PACK, "test")
+    yield home, con
+    con.close()
+
+
+@pytest.fixture(scope="module")
+def july(graded):
+    home, con = graded
+    files = render_month(con, JUL, CHANNELS)
+    write_outbox(home, files)
+    return home, con, {f.channel: f for f in files}
+
+
+def _populated(con, sql: str) -> bool:
+    """Entitlements and tags are filled by the grading run; while it leaves them empty the files carry none."""
+    return con.execute(sql, [JUL.first_day]).fetchall()[0][0] > 0
+
+
+def expected_entitlements(con) -> dict[str, str]:
+    if _populated(con, "SELECT count(*) FROM mart.grade_change WHERE grade_month = ? "
+                       "AND len(entitlements_gained) + len(entitlements_lost) > 0"):
+        return ENTITLEMENTS
+    return {s: "" for s in ENTITLEMENTS}
+
+
+def expected_tags(con) -> dict[str, str]:
+    if _populated(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ? AND len(tags) > 0"):
+        return TAGS
+    return {s: "" for s in TAGS}
+
+
+def test_boss_file_lines_and_control_file(july):
+    home, con, _ = july
+    dat = home / "outbox" / "boss" / "202607" / "GRADE_CHG_202607.dat"
+    ent = expected_entitlements(con)
+    # effective date: the first day of M+1 = 20260801; G's msisdn comes from its last known version
+    assert dat.read_bytes().decode("gbk").split("\n") == [
+        f"{s}|{MSISDN}|{f}|{t}|{c}|20260801|{ent[s]}" for s, f, t, c in CHANGES] + [""]
+    control = read_control(dat.with_suffix(".chk"))
+    assert (control.file_name, control.record_count, control.encoding) == ("GRADE_CHG_202607.dat", 5, "GBK")
+    verify_control(dat, control)  # size and MD5 agree with the file
+
+
+def test_sms_notices_templates_and_parameters(july):
+    home, _, _ = july
+    lines = (home / "outbox" / "sms" / "202607" / "notices.jsonl").read_text(encoding="utf-8").splitlines()
+    template = {"UPGRADE": "TIER_UP", "DOWNGRADE": "TIER_DOWN", "LOST": "TIER_LOST", "NEW": "TIER_NEW"}
+    assert lines == [json.dumps({"msisdn": MSISDN, "template": template[c],
+                                 "parameters": {"from_tier": f, "to_tier": t, "effective_date": "20260801"}},
+                                separators=(",", ":")) for _, f, t, c in CHANGES]
+    assert lines[0] == ('{"msisdn":"13800000000","template":"TIER_UP","parameters":'
+                        '{"from_tier":"STAR4","to_tier":"STAR5","effective_date":"20260801"}}')
+
+
+def test_crm_csv_has_header_rows_and_no_msisdn(july):
+    home, con, _ = july
+    text = (home / "outbox" / "crm" / "202607" / "grade_changes.csv").read_bytes().decode("utf-8")
+    tags = expected_tags(con)
+    assert text.split("\n") == ["subs_id,from_tier,to_tier,change_type,region_code,manager_id,tags"] + [
+        f"{s},{f},{t},{c},4110,,{tags[s]}" for s, f, t, c in CHANGES] + [""]  # region 4110, no manager
+    assert MSISDN not in text
+
+
+def test_counts_equal_grade_change_counts(july):
+    _, con, files = july
+    assert {name: f.records for name, f in files.items()} == {"boss": 5, "sms": 5, "crm": 5}
+    assert count_mismatches(con, JUL, CHANNELS, list(files.values())) == []
+    short = OutFile("boss", files["boss"].relpath, b"B|x\n", 1)
+    assert count_mismatches(con, JUL, CHANNELS, [short, files["sms"], files["crm"]]) == [
+        "boss/202607/GRADE_CHG_202607.dat: 1 records in 1 lines, grade_change has 5 (NEW, UPGRADE, DOWNGRADE, LOST)"]
+
+
+def test_channel_carries_only_its_change_types(graded, tmp_path):
+    _, con = graded
+    config = tmp_path / "channels.yaml"
+    config.write_text(DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+        "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
+        "path: crm/{yyyymm}/grade_changes.csv\n    changes: [UPGRADE]"), encoding="utf-8")
+    crm = [f for f in render_month(con, JUL, load_channels(config)) if f.channel == "crm"][0]
+    assert [line.split(",")[0] for line in crm.payload.decode().splitlines()[1:]] == ["B", "S"]
+    assert crm.records == 2
+
+
+def test_rerun_gives_byte_identical_files_left_in_place(july):
+    home, con, files = july
+    paths = [home / "outbox" / f.relpath for f in files.values()]
+    paths.append(home / "outbox" / files["boss"].control_relpath)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
+    run_monthly(con, JUL, PACK, "rerun")
+    again = render_month(con, JUL, CHANNELS)
+    assert [f.payload for f in again] == [files[f.channel].payload for f in again]
+    write_outbox(home, again)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
+
+
+def test_outbox_is_not_world_readable(july):
+    home, _, _ = july
+    outbox = home / "outbox"
+    for path in [outbox, *outbox.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
+
+
+def test_changed_file_replaces_old_one_atomically(tmp_path):
+    old = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
+    write_outbox(tmp_path, [old])
+    folder = tmp_path / "outbox" / "boss" / "202607"
+    (folder / ".X_202607.dat.999.tmp").write_bytes(b"half written by a killed run")
+    new = OutFile("boss", old.relpath, b"A|2\nB|3\n", 2, b"X_202607.dat|2|8|md5-new|GBK\n")
+    assert write_outbox(tmp_path, [new]) == [folder / "X_202607.dat", folder / "X_202607.chk"]
+    assert (folder / "X_202607.dat").read_bytes() == b"A|2\nB|3\n"
+    assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|2|8|md5-new|GBK\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["X_202607.chk", "X_202607.dat"]  # no temp files
+
+
+def test_crash_between_renames_never_pairs_new_data_with_old_control_file(tmp_path, monkeypatch):
+    old = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
+    write_outbox(tmp_path, [old])
+    folder = tmp_path / "outbox" / "boss" / "202607"
+
+    def killed(*_):
+        raise OSError("killed")
+    monkeypatch.setattr("transforms.channels.os.replace", killed)
+    new = OutFile("boss", old.relpath, b"A|2\n", 1, b"X_202607.dat|1|4|md5-new|GBK\n")
+    with pytest.raises(OSError, match="killed"):
+        write_outbox(tmp_path, [new])
+    # the old data is intact and its control file is gone: the receiver waits instead of loading a mismatch
+    assert (folder / "X_202607.dat").read_bytes() == b"A|1\n"
+    assert not (folder / "X_202607.chk").exists()
+    monkeypatch.undo()
+    write_outbox(tmp_path, [new])  # the next run completes without cleanup
+    assert sorted(p.name for p in folder.iterdir()) == ["X_202607.chk", "X_202607.dat"]
+    assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|1|4|md5-new|GBK\n"
+
+
+def test_write_refuses_paths_out_of_the_outbox(tmp_path):
+    for bad in ("../escape.dat", "/etc/passwd", "sms/../../x.jsonl", "sms/.hidden"):
+        with pytest.raises(ChannelError, match="outbox file"):
+            write_outbox(tmp_path, [OutFile("sms", bad, b"", 0)])
+    assert not (tmp_path / "outbox").exists()  # refused before writing anything
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / "sms").symlink_to(outside)
+    with pytest.raises(ChannelError, match="resolves outside"):
+        write_outbox(tmp_path, [OutFile("sms", "sms/202607/n.jsonl", b"", 0)])
+    assert list(outside.iterdir()) == []
+
+
+# --- contact and owner from S(M), or the last known version -----------------------------------------------------
+
+def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_version(tmp_path):
+    con = connect(tmp_path)
+    con.execute("INSERT INTO ops.snapshot VALUES (DATE '2026-07-31', 'ACCT_20260731.dat', 1), "
+                "(DATE '2026-08-31', 'ACCT_20260831.dat', 1)")
+    _version(con, "X", "13900000001", valid_to=date(2026, 7, 10))  # X changed number on 2026-07-10
+    _version(con, "X", "13900000002", valid_from=date(2026, 7, 10), valid_to=date(2026, 8, 31))
+    _version(con, "X", "13900000003", valid_from=date(2026, 8, 31))  # after S(2026-07): not used
+    _version(con, "Y", "13900000004", valid_to=date(2026, 5, 31))
+    _version(con, "Y", "13900000005", valid_from=date(2026, 5, 31), valid_to=date(2026, 6, 30))  # gone 06-30
+    con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', 'X', 'STAR2', 'AVG6', 'STAR2', "
+                "FALSE, 18000, 78, 0, 0, ['ROAMER', 'ARREARS'], 'v1', '4110')")
+    con.execute("INSERT INTO mart.grade_change VALUES "
+                "(DATE '2026-07-01', 'Y', 'STAR3', 'UNRATED', 'LOST', 'ABSENT_FROM_SNAPSHOT', [], "
+                "['NIGHT_NO_SUSPEND', 'DELAYED_SUSPEND']), "
+                "(DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', 'AVG6', ['POINTS_GIFTS'], [])")
+    files = {f.channel: f for f in render_month(con, JUL, CHANNELS)}
+    assert files["boss"].payload.decode("gbk").splitlines() == [
+        "X|13900000002|STAR1|STAR2|UPGRADE|20260801|+POINTS_GIFTS",  # the version valid on 2026-07-31
+        "Y|13900000005|STAR3|UNRATED|LOST|20260801|-DELAYED_SUSPEND;-NIGHT_NO_SUSPEND"]  # last known, sorted
+    assert files["crm"].payload.decode().splitlines()[1:] == [
+        "X,STAR1,STAR2,UPGRADE,4110,MGR7,ARREARS;ROAMER",  # tags sorted
+        "Y,STAR3,UNRATED,LOST,4110,MGR7,"]
+    con.close()
+
+
+# --- points-expiry notice: a tiny hand-made ledger ------------------------------------------------------------
+
+def _version(con, subs_id, msisdn, status="NORMAL", valid_from=date(2026, 1, 31), valid_to=None):
+    con.execute("INSERT INTO raw.subscriber_history VALUES (?, ?, 'C1', '王伟', '410102198001010000', 'MZONE', "
+                "'PERSONAL', ?, DATE '2020-01-15', NULL, TRUE, FALSE, FALSE, '4110', 'MGR7', ?, ?, 'ACCT', 1)",
+                [subs_id, msisdn, status, valid_from, valid_to])
+
+
+def test_points_expiry_notice_by_hand(tmp_path):
+    con = connect(tmp_path)
+    con.execute("INSERT INTO ops.snapshot VALUES (DATE '2026-07-31', 'ACCT_20260731.dat', 5)")
+    for subs_id, msisdn in (("P1", "13900000001"), ("P2", "13900000002"), ("P6", "13900000006")):
+        _version(con, subs_id, msisdn)
+    _version(con, "P3", "13900000003", status="CANCELLED")
+    _version(con, "P4", "13900000004", valid_to=date(2026, 6, 30))  # vanished before S(2026-07)
+    # Graded for 2026-07: what expires at the end of 2026-08 is the lot earned for 2026-08 - 36 = 2023-08.
+    lots = [("P1", "2023-08-01", 1000), ("P1", "2023-09-01", 500), ("P2", "2023-08-01", 300),
+            ("P3", "2023-08-01", 400), ("P4", "2023-08-01", 200), ("P6", "2023-08-01", 80),
+            ("P6", "2023-07-01", 700)]
+    con.executemany("INSERT INTO staging.points_lot VALUES (?, CAST(? AS DATE), ?)", lots)
+    moves = [("2025-03-01", "P1", "2023-08-01", 250, 0), ("2026-07-01", "P1", "2023-08-01", 100, 0),
+             ("2026-08-01", "P1", "2023-08-01", 50, 0),  # after M: not counted
+             ("2026-02-01", "P2", "2023-08-01", 300, 0),  # fully redeemed
+             ("2026-07-01", "P6", "2023-07-01", 0, 700)]  # the 2023-07 lot expired at the end of July
+    con.executemany("INSERT INTO staging.points_move VALUES (CAST(? AS DATE), ?, CAST(? AS DATE), ?, ?)", moves)
+    expiring = points_expiring(con, JUL, expiry_months=36)
+    assert expiring.rows() == [("P1", 650), ("P3", 400), ("P4", 200), ("P6", 80)]  # P1: 1000 - 250 - 100
+    [notice] = render_points_expiry(con, JUL, CHANNELS, expiring)
+    assert notice.relpath == "sms/202607/points_expiry.jsonl"
+    # P3 cancelled, P4 not in S(M): no SMS; expiry date = last day of 2026-08
+    assert notice.payload.decode().splitlines() == [
+        '{"msisdn":"13900000001","template":"POINTS_EXPIRING","parameters":{"points":650,"expiry_date":"20260831"}}',
+        '{"msisdn":"13900000006","template":"POINTS_EXPIRING","parameters":{"points":80,"expiry_date":"20260831"}}']
+    assert notice.records == 2
+    con.close()
+
+
+# --- configuration --------------------------------------------------------------------------------------------
+
+def _config_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT_CONFIG.read_text(encoding="utf-8")
+    assert old in text
+    path = tmp_path / "channels.yaml"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("path: sms/{yyyymm}/notices.jsonl", "path: ../sms/{yyyymm}/notices.jsonl",
+     r"channels\[1\] \(sms\)\.path: .*'\.\.'"),
+    ("path: sms/{yyyymm}/notices.jsonl", "path: sms/{yyyymm}/../../../notices.jsonl", r"\(sms\)\.path: .*'\.\.'"),
+    ("path: sms/{yyyymm}/notices.jsonl", "path: /var/spool/sms/{yyyymm}.jsonl", r"\(sms\)\.path: .*relative"),
+    ("path: sms/{yyyymm}/notices.jsonl", "path: sms/{user}/notices.jsonl", r"\(sms\)\.path: placeholder \{user\}"),
+    ("path: sms/{yyyymm}/notices.jsonl", "path: sms/notices.jsonl", r"\(sms\)\.path: .*needs \{yyyymm\}"),
+    ("fields: [subs_id, from_tier, to_tier, change_type, region_code, manager_id, tags]",
+     "fields: [subs_id, msisdn, from_tier, to_tier, change_type, region_code, manager_id, tags]",
+     r"channels\[2\] \(crm\)\.fields: msisdn is personal data"),
+    ("fields: [subs_id, msisdn, from_tier", "fields: [subs_id, cert_no, from_tier",
+     r"\(boss\)\.fields: cert_no is personal data"),
+    ("fields: [subs_id, msisdn, from_tier", "fields: [subs_id, cust_name, from_tier",
+     r"\(boss\)\.fields: cust_name is personal data"),
+    ("fields: [subs_id, msisdn, from_tier", "fields: [subs_id, balance, from_tier",
+     r"\(boss\)\.fields: unknown field 'balance'"),
+    ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST}",
+     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN}", r"\(sms\)\.templates: expected .*LOST"),
+    ("changes: [NEW, UPGRADE, DOWNGRADE, LOST]\n    fields: [subs_id, msisdn",
+     "changes: [NEW, PROMOTED]\n    fields: [subs_id, msisdn", r"\(boss\)\.changes: unknown change type 'PROMOTED'"),
+    ("format: pipe_gbk_with_chk", "format: xml", r"\(boss\)\.format: 'xml' is not one of"),
+    ("path: sms/{yyyymm}/points_expiry.jsonl", "path: sms/{yyyymm}/notices.jsonl",
+     r"channels sms and points_expiry would write the same file"),
+])
+def test_bad_configuration_is_rejected_naming_file_and_key(tmp_path, old, new, message):
+    path = _config_with(tmp_path, old, new)
+    with pytest.raises(ChannelConfigError, match=message) as caught:
+        load_channels(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_configuration_is_data_not_code(tmp_path):
+    path = tmp_path / "channels.yaml"
+    path.write_text("channels: !!python/object/apply:os.system ['touch pwned']\n", encoding="utf-8")
+    with pytest.raises(ChannelConfigError, match="not valid YAML"):
+        load_channels(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- nightly LOST notices (mutates the module's warehouse: keep last) ----------------------------------------
+
+def test_nightly_lost_notice_for_vanished_rated_subscriber_on_the_month_end_snapshot(graded):
+    _, con = graded
+    # G (STAR1 from the June grading, in effect in July) vanishes from ACCT_20260731
+    [lost] = render_nightly_lost(con, date(2026, 7, 31), CHANNELS)
+    assert lost.relpath == "sms/daily/20260731/lost.jsonl"
+    assert lost.payload.decode().splitlines() == [
+        '{"msisdn":"13800000000","template":"TIER_LOST","parameters":'
+        '{"from_tier":"STAR1","to_tier":"UNRATED","effective_date":"20260731"}}']
+    # L was cancelled in ACCT_20260630, before any tier was in effect (the June tiers start 2026-07-01)
+    assert render_nightly_lost(con, date(2026, 6, 30), CHANNELS)[0].records == 0
+    assert render_nightly_lost(con, date(2026, 7, 15), CHANNELS) == []  # no snapshot that day
+
+
+def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(graded):
+    home, con = graded
+    # ACCT_20260810: A cancelled (its number now reads 13900000001), B and H gone, L still cancelled, G still
+    # gone, everyone else unchanged.
+    subs = [Sub("A", status="CANCELLED", cancel_date="20260809"), Sub("C", brand="GOTONE"),
+            Sub("D", brand="EASYOWN"), Sub("E", brand="EASYOWN"), Sub("F", brand="EASYOWN"),
+            Sub("I", realname="N"), Sub("J", open_date="20260115"), Sub("K", open_date="20260201"),
+            Sub("L", subs_type="IOT", status="CANCELLED", cancel_date="20260620"), Sub("R"), Sub("S"), Sub("T")]
+    lines = [s.line() for s in subs]
+    lines[0] = lines[0].replace(f"|{MSISDN}|", "|13900000001|")
+    deliver(home, "20260810", "ACCT_20260810.dat", lines)
+    [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260810.dat"]
+    assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
+    files = render_nightly_lost(con, date(2026, 8, 10), CHANNELS)
+    # In effect on 2026-08-10: the July tiers. A STAR5 (cancelled: its number of that day), B STAR5 (vanished:
+    # its last known number); H was UNRATED (IOT).
+    assert [json.loads(line) for line in files[0].payload.decode().splitlines()] == [
+        {"msisdn": "13900000001", "template": "TIER_LOST",
+         "parameters": {"from_tier": "STAR5", "to_tier": "UNRATED", "effective_date": "20260810"}},
+        {"msisdn": MSISDN, "template": "TIER_LOST",
+         "parameters": {"from_tier": "STAR5", "to_tier": "UNRATED", "effective_date": "20260810"}}]
+    write_outbox(home, files)
+    written = (home / "outbox" / "sms" / "daily" / "20260810" / "lost.jsonl").read_bytes()
+    assert render_nightly_lost(con, date(2026, 8, 10), CHANNELS)[0].payload == written  # rerun: same bytes
+    # the next snapshot still shows A cancelled and B gone: they were told once, on 2026-08-10
+    deliver(home, "20260811", "ACCT_20260811.dat", lines)
+    [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260811.dat"]
+    assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
+    assert render_nightly_lost(con, date(2026, 8, 11), CHANNELS)[0].records == 0
