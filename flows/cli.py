@@ -11,6 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from flows.rules_cli import cmd_rules, cmd_simulate
 from transforms.calendar import Month, parse_day
 
 # Prefect's per-task INFO logs drown the progress lines; operators can lower it again with the env variable.
@@ -72,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
     sub.add_parser("status", parents=[home], help="delivered, pending, rejected, graded and stale")
+
+    rules = sub.add_parser("rules", parents=[home], help="rule pack tools")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a pack; print its tiers, rules and metrics used")
+    check.add_argument("file", help="pack file, or pack name in rules/")
+
+    simulate = sub.add_parser("simulate", parents=[home],
+                              help="grade a month with a candidate pack, without publishing; compare")
+    simulate.add_argument("--month", type=_month, required=True)
+    simulate.add_argument("--rules", required=True, help="candidate pack file, or pack name in rules/")
+    simulate.add_argument("--official", default=None,
+                          help="the pack of the official grading, when it is not in rules/")
+    simulate.add_argument("--out", default=None, help="output folder (default <home>/simulations/...)")
     return parser
 
 
@@ -148,7 +162,7 @@ def cmd_demo(args, home: Path) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "nightly": cmd_nightly, "monthly": cmd_monthly,
-            "backfill": cmd_backfill, "status": cmd_status}
+            "backfill": cmd_backfill, "status": cmd_status, "rules": cmd_rules, "simulate": cmd_simulate}
 
 
 if __name__ == "__main__":

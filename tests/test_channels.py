@@ -19,6 +19,7 @@ from transforms.channels import (DEFAULT_CONFIG, ChannelConfigError, ChannelErro
 from transforms.control import read_control, verify_control
 from transforms.ingest import ingest_delivery, scan_landing
 from transforms.monthly import run_monthly
+from transforms.points import expiring_next_month
 from transforms.warehouse import connect
 
 CHANNELS = load_channels(DEFAULT_CONFIG)
@@ -229,6 +230,20 @@ def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_v
     con.close()
 
 
+def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path):
+    con = connect(tmp_path)
+    con.execute("INSERT INTO ops.snapshot VALUES (DATE '2026-07-31', 'ACCT_20260731.dat', 1)")
+    _version(con, "X", "139|0000001")
+    con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', 'X', 'STAR2', 'AVG6', 'STAR2', "
+                "FALSE, 18000, 78, 0, 0, [], 'v1', '4110')")
+    con.execute("INSERT INTO mart.grade_change VALUES (DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', "
+                "'AVG6', [], [])")
+    with pytest.raises(ChannelError, match=r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, "
+                                           r"e.g. subs_id X$"):
+        render_month(con, JUL, CHANNELS)
+    con.close()
+
+
 # --- points-expiry notice: a tiny hand-made ledger ------------------------------------------------------------
 
 def _version(con, subs_id, msisdn, status="NORMAL", valid_from=date(2026, 1, 31), valid_to=None):
@@ -256,6 +271,12 @@ def test_points_expiry_notice_by_hand(tmp_path):
     con.executemany("INSERT INTO staging.points_move VALUES (CAST(? AS DATE), ?, CAST(? AS DATE), ?, ?)", moves)
     expiring = points_expiring(con, JUL, expiry_months=36)
     assert expiring.rows() == [("P1", 650), ("P3", 400), ("P4", 200), ("P6", 80)]  # P1: 1000 - 250 - 100
+    open_lots = con.sql("""
+        SELECT l.subs_id, l.earn_month, l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS remaining
+        FROM staging.points_lot l LEFT JOIN staging.points_move mv
+          ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month <= DATE '2026-07-01'
+        GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""").pl()
+    assert expiring.equals(expiring_next_month(JUL, open_lots, 36))  # agrees with the points module
     [notice] = render_points_expiry(con, JUL, CHANNELS, expiring)
     assert notice.relpath == "sms/202607/points_expiry.jsonl"
     # P3 cancelled, P4 not in S(M): no SMS; expiry date = last day of 2026-08

@@ -225,3 +225,19 @@ def test_error_line_and_column():
 def test_tree_nodes_carry_positions():
     tree = parse("sum6_fen >= 180000")
     assert tree == Compare(1, 10, ">=", Name(1, 1, "sum6_fen"), Literal(1, 13, Fraction(180000)))
+
+
+def test_substitutes_replace_a_name_everywhere_it_is_read():
+    # x := x - 1 (a "what if" value), also where x is read through a derived metric d = x / 2
+    substitutes = {"x": compile_number(parse("x - 1"), TYPES, TIERS)}
+    derived = {"d": parse("x / 2")}
+    types = {**TYPES, "d": "number"}
+    frame = pl.DataFrame({"x": [5, 6]})
+    plain = compile_bool(parse("d >= 3"), types, TIERS, derived)
+    what_if = compile_bool(parse("d >= 3"), types, TIERS, derived, substitutes)
+    # plain: 5/2 = 2.5 < 3, 6/2 = 3 >= 3; what if: 4/2 = 2 < 3, 5/2 = 2.5 < 3
+    assert frame.select(plain.alias("p"), what_if.alias("w")).rows() == [(False, False), (True, False)]
+    # a fractional substitute stays exact: x := x / 3 -> 6/3 = 2 = 2, 5/3 != 2
+    thirds = {"x": compile_number(parse("x / 3"), TYPES, TIERS)}
+    assert frame.select(compile_bool(parse("x = 2"), TYPES, TIERS, None, thirds).alias("r"))["r"].to_list() == [
+        False, True]

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from transforms.calendar import Month
-from transforms.rulepack import METRIC_CATALOGUE, PackError, load_pack, load_pack_text
+from transforms.rulepack import (METRIC_CATALOGUE, PackError, load_pack, load_pack_text, pack_in_force,
+                                 pack_versions)
 
 SIX_STAR = Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml"
 
@@ -76,18 +77,22 @@ def test_six_star_metrics_used():
     assert pack.metrics_used() <= set(METRIC_CATALOGUE)
 
 
-def test_six_star_tags_evaluate():
+def test_six_star_tags_load():
     pack = load_pack(SIX_STAR)
-    frame = pl.DataFrame({
-        "tier": ["STAR4", "STAR5", "STAR2"], "reason": ["AVG6", "AVG6", "AVG6"],
-        "sum6_fen": [100000, 180000, 18000], "cons_fen": [4000, 29999, 100],
-        "cons_prev5_fen": [96000, 150001, 17900], "cons_m5_fen": [5000, 30000, 100]})
-    result = frame.select(churn=pack.tags["CHURN_RISK"].expr, down=pack.tags["DOWNGRADE_RISK"].expr)
-    # CHURN_RISK: row 0 STAR4 and 4000 < 96000/5/2 = 9600; row 1 29999 >= 150001/10; row 2 is below STAR4
-    assert result["churn"].to_list() == [True, False, False]
-    # DOWNGRADE_RISK: row 0 100000 - 5000 + 4000 = 99000 >= 90000; row 1 180000 - 30000 + 29999 = 179999 < 180000;
-    # row 2 18000 - 100 + 100 = 18000, not below 18000
-    assert result["down"].to_list() == [False, True, False]
+    frame = pl.DataFrame({"tier": ["STAR4", "STAR4", "STAR3"], "cons_fen": [9599, 9600, 0],
+                          "cons_prev5_fen": [96000, 96000, 96000]})
+    # CHURN_RISK: tier >= STAR4 and cons < prev5 / 5 / 2: 9599 < 96000/10 = 9600; 9600 is not; STAR3 is below STAR4
+    assert frame.select(pack.tags["CHURN_RISK"].condition.expr.alias("r"))["r"].to_list() == [True, False, False]
+    assert pack.tags["CHURN_RISK"].rule_fails is None and pack.tags["CHURN_RISK"].substitutes == {}
+    down = pack.tags["DOWNGRADE_RISK"]
+    assert down.condition.text == "reason = 'AVG6'"
+    assert down.substitutes == {"sum6_fen": "sum6_fen - cons_m5_fen + cons_fen"}
+    # one what-if expression per rule; `otherwise` (the last) cannot fail
+    assert len(down.rule_fails) == len(pack.rules) == 8 and down.rule_fails[-1] is None
+    rows = pl.DataFrame({"sum6_fen": [180000, 180000], "cons_m5_fen": [30000, 30000], "cons_fen": [29999, 30000]})
+    # rule 3 (sum6_fen >= 180000) under sum6_fen := 180000 - 30000 + 29999 = 179999 fails; + 30000 = 180000 holds
+    assert rows.select(down.rule_fails[2].alias("r"))["r"].to_list() == [True, False]
+    assert down.metrics == {"cons_m5_fen", "cons_fen", "sum6_fen"}
 
 
 def test_six_star_entitlements_evaluate():
@@ -237,3 +242,124 @@ def test_error_inside_a_block_condition_names_its_line():
                         "  - when: |\n      sum6_fen >= 180000\n      and vip_flag = 'Y'\n")
     # line 7 '  - when: |', line 8 the first line of the block, line 9 the comparison of bool with str
     assert load_error(text).startswith("packs/bad.yaml:9: rule 1: cannot compare bool with str (column 20)")
+
+
+# --- ranks and what-if tags -------------------------------------------------------------------------------------
+
+RANKED = MINI.replace("rules:\n", """\
+ranks:
+  - name: spend_rank
+    by: sum6_fen / 6
+    order: descending
+    tie_break: subs_id
+rules:
+  - when: spend_rank * 2 <= spend_rank_count
+    tier: HIGH
+    reason: TOP_HALF
+""")
+
+
+def test_ranks_load_and_are_visible_to_rules_and_tags():
+    pack = load_pack_text(RANKED + "tags:\n  FIRST: spend_rank = 1\n", "ranked.yaml")
+    assert [(r.name, r.count_name, r.descending, r.text) for r in pack.ranks] == [
+        ("spend_rank", "spend_rank_count", True, "sum6_fen / 6")]
+    assert pack.rank_metrics() == {"status", "sum6_fen"}  # eligibility + the rank key
+    assert pack.grading_metrics() == {"status", "sum6_fen"}
+    assert pack.metric_types["spend_rank"] == "int" and pack.metric_types["spend_rank_count"] == "int"
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("order: descending", "order: down", "packs/bad.yaml:9: rank spend_rank: order must be ascending or"),
+    ("tie_break: subs_id", "tie_break: sum3_fen", "packs/bad.yaml:10: rank spend_rank: ties are broken by subs_id"),
+    ("by: sum6_fen / 6", "by: brand", "packs/bad.yaml:8: rank spend_rank: expected a number, got str"),
+    ("name: spend_rank", "name: sum6_fen", "packs/bad.yaml:7: rank 'sum6_fen' or 'sum6_fen_count' is already"),
+    # ranks exist only after eligibility: an eligibility check cannot read one
+    ("when: status = 'CANCELLED'", "when: spend_rank > 5",
+     "packs/bad.yaml:4: eligibility check 1: unknown name 'spend_rank'"),
+])
+def test_rank_errors(old, new, expected):
+    assert old in RANKED
+    assert load_error(RANKED.replace(old, new, 1)).startswith(expected)
+
+
+WHAT_IF = MINI + """\
+tags:
+  AT_RISK:
+    when: reason = 'AVG6'
+    assigning_rule_fails_with:
+      sum6_fen: sum6_fen - cons_m5_fen + cons_fen
+"""
+
+
+def test_what_if_tag_loads():
+    tag = load_pack_text(WHAT_IF, "ok.yaml").tags["AT_RISK"]
+    assert tag.substitutes == {"sum6_fen": "sum6_fen - cons_m5_fen + cons_fen"}
+    assert len(tag.rule_fails) == 2 and tag.rule_fails[1] is None  # rule 2 is `otherwise`
+    frame = pl.DataFrame({"sum6_fen": [180000, 180000], "cons_m5_fen": [1, 0], "cons_fen": [0, 0]})
+    # rule 1 sum6_fen >= 180000 with sum6_fen := 180000 - 1 + 0 = 179999 fails; 180000 - 0 + 0 holds
+    assert frame.select(tag.rule_fails[0].alias("r"))["r"].to_list() == [True, False]
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("      sum6_fen: sum6_fen", "      brand: sum6_fen",
+     "packs/bad.yaml:21: tag AT_RISK: only a numeric metric can be substituted, not 'brand'"),
+    ("sum6_fen - cons_m5_fen + cons_fen", "brand", "packs/bad.yaml:21: tag AT_RISK, sum6_fen: expected a number"),
+    ("    assigning_rule_fails_with:", "    rule_fails:", "packs/bad.yaml:20: unknown key 'rule_fails' in tag"),
+    ("  AT_RISK:", "  subs_id:", "packs/bad.yaml:18: tag 'subs_id' is not a valid name"),
+])
+def test_what_if_tag_errors(old, new, expected):
+    assert old in WHAT_IF
+    assert load_error(WHAT_IF.replace(old, new, 1)).startswith(expected)
+
+
+# --- versions: rules/<name>.yaml and rules/<name>@YYYY-MM.yaml ------------------------------------------------
+
+def write_versions(rules_dir: Path, versions: dict[str, str]) -> None:
+    rules_dir.mkdir(exist_ok=True)
+    for file_name, text in versions.items():
+        (rules_dir / file_name).write_text(text, encoding="utf-8")
+
+
+def test_the_version_in_force_changes_mid_history(tmp_path):
+    base = SIX_STAR.read_text(encoding="utf-8")
+    july = base.replace("pack: six-star\n", "pack: six-star\neffective_from: '2026-07'\n").replace(
+        "sum6_fen >= 180000", "sum6_fen >= 150000")  # STAR5 line lowered from 300 to 250 yuan
+    january = july.replace("'2026-07'", "2027-01")
+    write_versions(tmp_path, {"six-star.yaml": base, "six-star@2026-07.yaml": july,
+                              "six-star@2027-01.yaml": january, "six-star-lite.yaml": MINI})
+    assert [(m, p.name) for m, p in pack_versions(tmp_path, "six-star")] == [
+        (None, "six-star.yaml"), (Month(2026, 7), "six-star@2026-07.yaml"),
+        (Month(2027, 1), "six-star@2027-01.yaml")]  # six-star-lite is another pack
+    line = {}
+    for month in (Month(2025, 1), Month(2026, 6), Month(2026, 7), Month(2026, 12), Month(2027, 1), Month(2030, 5)):
+        pack = pack_in_force(tmp_path, "six-star", month)
+        line[str(month)] = (pack.effective_from, pack.rules[2].condition.text)
+    assert line == {
+        "2025-01": (None, "sum6_fen >= 180000"), "2026-06": (None, "sum6_fen >= 180000"),  # before the change
+        "2026-07": (Month(2026, 7), "sum6_fen >= 150000"), "2026-12": (Month(2026, 7), "sum6_fen >= 150000"),
+        "2027-01": (Month(2027, 1), "sum6_fen >= 150000"), "2030-05": (Month(2027, 1), "sum6_fen >= 150000")}
+    assert pack_in_force(tmp_path, "six-star", Month(2026, 7)).version != \
+        pack_in_force(tmp_path, "six-star", Month(2026, 6)).version
+
+
+def test_version_files_must_agree_with_their_pack(tmp_path):
+    dated = MINI.replace("pack: mini\n", "pack: mini\neffective_from: '2026-08'\n")
+    write_versions(tmp_path / "a", {"mini@2026-07.yaml": dated})
+    with pytest.raises(PackError, match="mini@2026-07.yaml:0: the file name says effective_from: '2026-07', "
+                                        "the pack says 2026-08"):
+        pack_in_force(tmp_path / "a", "mini", Month(2026, 9))
+    write_versions(tmp_path / "b", {"mini.yaml": dated})  # the undated file is in force from the beginning
+    with pytest.raises(PackError, match="the file name says no effective_from, the pack says 2026-08"):
+        pack_in_force(tmp_path / "b", "mini", Month(2026, 9))
+    write_versions(tmp_path / "c", {"mini.yaml": MINI.replace("pack: mini", "pack: other")})
+    with pytest.raises(PackError, match="mini.yaml:1: the file holds pack 'other', expected 'mini'"):
+        pack_in_force(tmp_path / "c", "mini", Month(2026, 9))
+    write_versions(tmp_path / "d", {"mini@2026-13.yaml": MINI})
+    with pytest.raises(PackError, match="mini@2026-13.yaml:0: a pack version file is named"):
+        pack_in_force(tmp_path / "d", "mini", Month(2026, 9))
+    write_versions(tmp_path / "e", {"mini@2026-08.yaml": dated})  # no version before August
+    with pytest.raises(PackError, match="no version of pack 'mini' is in force for 2026-07"):
+        pack_in_force(tmp_path / "e", "mini", Month(2026, 7))
+    assert pack_in_force(tmp_path / "e", "mini", Month(2026, 8)).effective_from == Month(2026, 8)
+    with pytest.raises(PackError, match="no rule pack 'nothing'"):
+        pack_in_force(tmp_path / "e", "nothing", Month(2026, 8))

@@ -29,7 +29,7 @@ import polars as pl
 import yaml
 
 from transforms.calendar import Month
-from transforms.points import expiring_next_month
+from transforms.ingest import snapshot_date_for
 from transforms.warehouse import scalar
 
 OUTBOX = "outbox"
@@ -133,7 +133,7 @@ def _parse_channel(where: str, node) -> Channel:
     if not isinstance(node, dict):
         raise ChannelConfigError(f"{where}: expected a mapping")
     name = node.get("name")
-    if name not in FEED_OF:
+    if not isinstance(name, str) or name not in FEED_OF:
         raise ChannelConfigError(f"{where}.name: {name!r} is not a known channel (one of {', '.join(FEED_OF)})")
     where = f"{where} ({name})"
     unknown = sorted(set(node) - _KEYS, key=str)
@@ -283,7 +283,7 @@ def by_feed(channels: list[Channel], feed: str) -> list[Channel]:
 # --- facts: one row per record, every whitelisted field, sorted by subs_id -----------------------------------------
 
 def _snapshot_for(con, month: Month) -> date:
-    snap = scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date <= ?", [month.last_day])
+    snap = snapshot_date_for(con, month)
     if snap is None:
         raise ChannelError(f"no ACCT snapshot on or before {month.last_day}: no channel files for {month}")
     return snap
@@ -317,18 +317,20 @@ def change_facts(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
 
 
 def points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int = 36) -> pl.DataFrame:
-    """subs_id, points: what is left at the end of M of the lot that expires at the end of M+1
-    (earned minus what the monthly runs up to M redeemed or expired from it)."""
-    lots = con.sql("""
-        SELECT l.subs_id, l.earn_month,
-               (l.earned - coalesce(sum(mv.redeemed + mv.expired), 0))::BIGINT AS remaining
-        FROM staging.points_lot l
-        LEFT JOIN staging.points_move mv
-               ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month <= $m
-        WHERE l.earn_month = $lot
-        GROUP BY l.subs_id, l.earn_month, l.earned""",
-                   params={"m": month.first_day, "lot": (month + 1 - expiry_months).first_day}).pl()
-    return expiring_next_month(month, lots, expiry_months)
+    """subs_id, points: what is left at the end of M of the lot that expires at the end of M+1 (earned minus
+    what the monthly runs up to M redeemed or expired from it).
+
+    Same result as points.expiring_next_month over the open lots after M, computed in DuckDB: Polars' group_by
+    over millions of string keys costs seconds on 2 cores, this a fraction of one."""
+    return con.sql("""
+        WITH lot AS (SELECT subs_id, sum(earned) AS earned FROM staging.points_lot
+                     WHERE earn_month = $lot GROUP BY subs_id),
+             used AS (SELECT subs_id, sum(redeemed + expired) AS used FROM staging.points_move
+                      WHERE earn_month = $lot AND month <= $m GROUP BY subs_id)
+        SELECT subs_id, CAST(earned - coalesce(used, 0) AS BIGINT) AS points
+        FROM lot LEFT JOIN used USING (subs_id)
+        WHERE earned - coalesce(used, 0) > 0
+        ORDER BY subs_id""", params={"m": month.first_day, "lot": (month + 1 - expiry_months).first_day}).pl()
 
 
 def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame) -> pl.DataFrame:
@@ -452,9 +454,11 @@ def _as_text(rows: pl.DataFrame, empty_as_null: bool) -> pl.DataFrame:
 def _pipe_lines(channel: Channel, rows: pl.DataFrame) -> pl.DataFrame:
     """extracts.md record format: `|` separated, empty field = null. A value holding `|` or a line break
     would shift the columns for the receiver, so it stops the run instead."""
-    bad = rows.filter(pl.any_horizontal([pl.col(c).str.contains(r"[|\r\n]") for c in rows.columns]))
-    if bad.height:
-        raise ChannelError(f"{channel.name}: a value holds '|' or a line break, e.g. {bad.row(0)}")
+    for column in rows.columns:
+        bad = rows.filter(pl.col(column).str.contains(r"[|\r\n]"))
+        if bad.height:  # named by subs_id, never by the value (it may be personal data)
+            who = f", e.g. subs_id {bad['subs_id'][0]}" if "subs_id" in bad.columns else ""
+            raise ChannelError(f"{channel.name}: {bad.height} value(s) of {column} hold '|' or a line break{who}")
     return rows.select(line=pl.concat_str([pl.col(c).fill_null("") for c in rows.columns], separator="|"))
 
 

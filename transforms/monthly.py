@@ -178,10 +178,12 @@ def run_points(con, month: Month, pack: RulePack) -> dict:
     """Redemptions, expiry and accrual of M (rules.md 'Points'); writes the ledger and mart.points_balance."""
     m, expiry = month.first_day, pack.points.expiry_months
     open_lots = con.sql("""
-        SELECT l.subs_id, l.earn_month, l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS remaining
+        SELECT l.subs_id, l.earn_month,
+               CAST(l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS BIGINT) AS remaining
         FROM staging.points_lot l
         LEFT JOIN staging.points_move mv
                ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month < $m
+              AND mv.earn_month >= $oldest  -- moves of lots older than 36 months are never read again
         WHERE l.earn_month < $m AND l.earn_month >= $oldest
         GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""", params={"m": m, "oldest": (month - expiry).first_day}).pl()
     redemptions = con.sql(

@@ -39,6 +39,7 @@ EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 WINDOW = 6                      # grading months M-5..M (rules.md sum6)
 CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
 _SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MAX_EXAMPLES = 5
 
 
@@ -136,6 +137,8 @@ def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir
     """Validates one frame with one suite; writes GE's validation result to results_dir/<result_name or
     suite_name>.json when results_dir is given (volatile fields removed: same inputs, same file)."""
     spec = load_suite(suite_name)
+    if result_name is not None and not _RESULT_NAME.match(result_name):
+        raise ValueError(f"invalid result name {result_name!r}")
     expectations = [{"type": e["type"], "kwargs": substitute(e["kwargs"], params, suite_name),
                      "meta": e.get("meta", {})} for e in spec["expectations"]]
     meta = spec.get("meta", {})
@@ -148,17 +151,19 @@ def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir
     path = None
     if results_dir is not None:
         path = _write_results(validation.to_json_dict(), ordered_ids, Path(results_dir),
-                              result_name or suite_name, params)
+                              result_name or suite_name, params, frame)
     return GateResult(suite_name, not failures, failures, statistics, results_path=path)
 
 
 def _validate(suite_name: str, expectations: list[dict], meta: dict, frame: pd.DataFrame):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network
     import great_expectations as gx  # slow import: only when a gate runs
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                            ProgressBarsConfig)
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
+    context = gx.get_context(mode="ephemeral", project_config=config)
     batch_definition = (context.data_sources.add_pandas("tierflow")
                         .add_dataframe_asset(suite_name)
                         .add_batch_definition_whole_dataframe("whole"))
@@ -227,8 +232,10 @@ def _plain(value):
     return value
 
 
-def _write_results(doc: dict, ordered_ids: list[str], results_dir: Path, name: str, params: Mapping) -> Path:
-    """GE's full validation result, results in suite order, without run-specific ids and load times."""
+def _write_results(doc: dict, ordered_ids: list[str], results_dir: Path, name: str, params: Mapping,
+                   frame: pd.DataFrame) -> Path:
+    """GE's full validation result, results in suite order, without run-specific ids and load times; with the
+    parameters and the (aggregated, small) frame validated, for the record."""
     rank = {i: n for n, i in enumerate(ordered_ids)}
     doc["results"] = sorted(doc.get("results", []), key=lambda r: rank.get(r["expectation_config"].get("id"), 0))
     for r in doc["results"]:
@@ -236,6 +243,8 @@ def _write_results(doc: dict, ordered_ids: list[str], results_dir: Path, name: s
     doc.pop("id", None)
     doc.get("meta", {}).get("batch_markers", {}).pop("ge_load_time", None)
     doc["tierflow_params"] = dict(params)
+    doc["tierflow_frame"] = [{k: _plain(v) for k, v in row.items() if not pd.isna(v)}
+                             for row in frame.to_dict("records")]
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
@@ -359,7 +368,7 @@ _INPUTS_SCHEMA = [("month", pa.string()), ("bill_file", pa.string()), ("bill_sta
 def grading_inputs_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.DataFrame:
     """One row per month of M-5..M from the start of history (the first BILL ever delivered) on."""
     first_bill = scalar(con, "SELECT min(period) FROM ops.delivery WHERE kind = 'BILL'")
-    start = max(month - (WINDOW - 1), Month.parse(first_bill) if first_bill else month)
+    start = min(max(month - (WINDOW - 1), Month.parse(first_bill) if first_bill else month), month)
     months = [start + k for k in range(month - start + 1)]
     status = dict(con.execute("""
         SELECT period, arg_max(status, day) FROM ops.delivery
@@ -406,7 +415,7 @@ _OUTPUTS_SCHEMA = [("label", pa.string()), ("records", pa.int64()), ("assignment
                    ("grade_change_records", pa.int64())]
 
 _ASSIGNMENT_SQL = """
-    WITH snap AS (SELECT DISTINCT subs_id FROM raw.subscriber_history
+    WITH snap AS (SELECT subs_id FROM raw.subscriber_history  -- unique per date: gate 1 checks each ACCT
                   WHERE valid_from <= $snap AND (valid_to IS NULL OR valid_to > $snap)),
          assigned AS (SELECT subs_id, count(*) AS n FROM mart.tier_assignment WHERE grade_month = $m
                       GROUP BY subs_id)

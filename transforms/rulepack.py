@@ -8,20 +8,26 @@ Layout of a pack (see rules/six-star.yaml):
 
     pack: six-star                     # name
     description: ...                   # optional
-    effective_from: '2026-01'          # optional grading month from which the pack is in force
+    effective_from: '2026-07'          # only in a version file rules/<name>@2026-07.yaml (see pack_in_force)
     tiers: [UNRATED, STAR1, ...]       # lowest first; the first is the unrated tier; or {code: ..., label: ...}
     derived:                           # optional, in order; each may use the catalogue and earlier ones
       - {name: avg12_yuan, expr: floor(sum12_fen / 1200)}
     eligibility:                       # in order; the first condition that HOLDS makes a subscriber ineligible
       - {when: "status = 'CANCELLED'", reason: INELIGIBLE_CANCELLED}
+    ranks:                             # optional: global ranks among eligible subscribers, ties by subs_id
+      - {name: avg6_rank, by: sum6_fen, order: descending}   # exposes avg6_rank (1 = first) and avg6_rank_count
     rules:                             # first match wins; the last may be `when: otherwise`
       - {when: vip_flag, tier: STAR6, reason: VIP_DESIGNATION}
     caps:                              # optional: when the condition holds the tier is at most max_tier
       - {when: susp12 >= 3, max_tier: STAR3, reason: ARREARS_CAP}
     protection_months: 0
     points: {expiry_months: 36, multipliers: {UNRATED: 0, STAR1: 1, STAR2: 1.5, ...}}  # every tier, decimals
-    tags: {NAME: condition}            # optional; may also use `tier` and `reason` (the graded result)
+    tags:                              # optional; may also use `tier` and `reason` (the graded result)
+      NAME: condition
+      OTHER: {when: condition, assigning_rule_fails_with: {sum6_fen: sum6_fen - cons_m5_fen + cons_fen}}
     entitlements: {NAME: condition}    # optional; over `tier` and tag names only
+
+docs/metrics.md is the guide for pack authors.
 
 Metric catalogue (METRIC_CATALOGUE): the base metrics the engine provides for the grading month M, one row per
 subscriber of the snapshot S(M). Money is integer fen; bool flags are the Y/N fields of ACCT.
@@ -50,6 +56,7 @@ subscriber of the snapshot S(M). Money is integer fen; bool flags are the Y/N fi
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import re
 import textwrap
@@ -76,6 +83,7 @@ RESULT_TYPES = {"tier": "tier", "reason": "str"}
 OTHERWISE = "otherwise"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED = {"and", "or", "not", "true", "false", OTHERWISE, "NONE", *FUNCTIONS, *RESULT_TYPES}
+_FRAME_COLUMNS = {"subs_id", "tags", "eligible", "protected", "computed_tier"}  # columns next to tags
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 
@@ -102,6 +110,32 @@ class Derived:
     node: Node
     expr: pl.Expr
     denominator: int | None  # constant positive denominator of a number; None for bool
+    metrics: frozenset[str]
+
+
+@dataclass(frozen=True, eq=False)
+class Rank:
+    """A global rank among eligible subscribers: `name` is 1 for the first, `name`_count the number ranked."""
+    name: str
+    text: str  # the `by` expression as written
+    line: int
+    key: pl.Expr  # Int64 numerator of `by` (its denominator is a positive constant, so order is kept)
+    descending: bool  # True: the largest value ranks 1
+    metrics: frozenset[str]
+
+    @property
+    def count_name(self) -> str:
+        return f"{self.name}_count"
+
+
+@dataclass(frozen=True, eq=False)
+class Tag:
+    """A tag holds when `condition` holds and, with `rule_fails` set, the rule that assigned the tier would not
+    match if the substituted metrics took their substitute values."""
+    name: str
+    condition: Condition
+    substitutes: dict[str, str]  # metric -> its substitute expression as written (empty: no what-if part)
+    rule_fails: tuple[pl.Expr | None, ...] | None  # per rule: NOT(rule under substitutes); None for `otherwise`
     metrics: frozenset[str]
 
 
@@ -145,8 +179,9 @@ class RulePack:
     caps: tuple[Cap, ...]
     protection_months: int
     points: Points
-    tags: dict[str, Condition]
+    tags: dict[str, Tag]
     entitlements: dict[str, Condition]
+    ranks: tuple[Rank, ...] = ()
     effective_from: Month | None = None
     description: str = ""
     metric_types: dict[str, str] = field(default_factory=dict)  # catalogue + derived types, for later compiles
@@ -158,10 +193,23 @@ class RulePack:
     def tier_index(self, tier: str) -> int:
         return self.tiers.index(tier)
 
+    def eligibility_metrics(self) -> frozenset[str]:
+        return frozenset().union(*(e.condition.metrics for e in self.eligibility))
+
+    def rank_metrics(self) -> frozenset[str]:
+        """Catalogue metrics the global rank pass reads (eligibility and rank keys)."""
+        return self.eligibility_metrics().union(*(r.metrics for r in self.ranks))
+
     def grading_metrics(self) -> frozenset[str]:
-        """Catalogue metrics the tier cascade reads (eligibility, rules, caps)."""
-        conditions = [e.condition for e in self.eligibility] + [r.condition for r in self.rules if r.condition]
-        return frozenset().union(*(c.metrics for c in conditions + [c.condition for c in self.caps]))
+        """Catalogue metrics the tier cascade reads (eligibility, ranks, rules, caps)."""
+        conditions = [r.condition for r in self.rules if r.condition] + [c.condition for c in self.caps]
+        return self.rank_metrics().union(*(c.metrics for c in conditions))
+
+    def tag_metrics(self) -> frozenset[str]:
+        """Catalogue metrics compute_tags reads: the tags' own, plus the cascade's when a tag re-evaluates rules."""
+        what_if = any(t.rule_fails is not None for t in self.tags.values())
+        base = self.grading_metrics() if what_if else self.rank_metrics() if self.ranks else frozenset()
+        return base.union(*(t.metrics for t in self.tags.values()))
 
     def metrics_used(self) -> frozenset[str]:
         """Catalogue metrics the whole pack reads, tags and entitlements included."""
@@ -184,6 +232,55 @@ def load_pack(path: Path) -> RulePack:
 
 def load_pack_text(text: str, source: str) -> RulePack:
     return _Loader(source).load(text, text.encode("utf-8"))
+
+
+# --- versions -------------------------------------------------------------------------------------------------
+
+PACK_SUFFIX = ".yaml"
+_VERSION_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
+def pack_versions(rules_dir: Path, name: str) -> list[tuple[Month | None, Path]]:
+    """The files of pack `name`, oldest first: rules/<name>.yaml (in force from the beginning, month None) and
+    rules/<name>@YYYY-MM.yaml (in force from that grading month)."""
+    versions = []
+    for path in sorted(Path(rules_dir).glob(f"{glob.escape(name)}*{PACK_SUFFIX}")):
+        stem = path.name[:-len(PACK_SUFFIX)]
+        if stem == name:
+            versions.append((None, path))
+        elif stem.startswith(f"{name}@"):
+            text = stem[len(name) + 1:]
+            try:
+                month = Month.parse(text) if _VERSION_MONTH.fullmatch(text) else None
+            except ValueError:
+                month = None
+            if month is None:
+                raise PackError(f"{path}:0: a pack version file is named <pack>@YYYY-MM{PACK_SUFFIX}")
+            versions.append((month, path))
+    return sorted(versions, key=lambda v: (v[0] is not None, v[0] or Month(1900, 1)))
+
+
+def pack_in_force(rules_dir: Path, name: str, month: Month) -> RulePack:
+    """The version of pack `name` in force for grading month M: the file with the greatest effective month <= M
+    (rules.md: a pack change takes effect from a stated grading month; regrading uses the version then in force).
+    The file name's month and the pack's effective_from must agree, and the pack inside must be `name`."""
+    versions = pack_versions(rules_dir, name)
+    if not versions:
+        raise PackError(f"{Path(rules_dir) / (name + PACK_SUFFIX)}:0: no rule pack {name!r} in {rules_dir}")
+    in_force = [(start, path) for start, path in versions if start is None or start <= month]
+    if not in_force:
+        first = versions[0][0]
+        raise PackError(f"{versions[0][1]}:0: no version of pack {name!r} is in force for {month} "
+                        f"(the first takes effect from {first})")
+    start, path = in_force[-1]
+    pack = load_pack(path)
+    if pack.name != name:
+        raise PackError(f"{path}:1: the file holds pack {pack.name!r}, expected {name!r}")
+    if pack.effective_from != start:
+        expected = f"effective_from: '{start}'" if start else "no effective_from"
+        raise PackError(f"{path}:0: the file name says {expected}, the pack says "
+                        f"{pack.effective_from or 'none'}")
+    return pack
 
 
 # --- YAML with lines ------------------------------------------------------------------------------------------
@@ -321,10 +418,17 @@ class _Loader:
             self.fail(1, "the pack is empty")
         top = self.mapping(root, "the pack",
                            required=("pack", "tiers", "eligibility", "rules", "protection_months", "points"),
-                           optional=("description", "effective_from", "derived", "caps", "tags", "entitlements"))
+                           optional=("description", "effective_from", "derived", "ranks", "caps", "tags",
+                                     "entitlements"))
+        # Order matters: each section sees the names of the earlier ones (ranks exist only after eligibility,
+        # tags re-evaluate rules), whatever the order of the sections in the file.
         self.tiers, labels = self.load_tiers(top["tiers"])
         derived = self.load_derived(top["derived"]) if "derived" in top else {}
-        tags = self.load_tags(top["tags"]) if "tags" in top else {}
+        eligibility = self.load_eligibility(top["eligibility"])
+        ranks = self.load_ranks(top["ranks"]) if "ranks" in top else ()
+        rules = self.load_rules(top["rules"])
+        caps = self.load_caps(top["caps"]) if "caps" in top else ()
+        tags = self.load_tags(top["tags"], rules) if "tags" in top else {}
         return RulePack(
             name=self.scalar(top["pack"], "pack"),
             version=hashlib.sha256(data).hexdigest()[:12],
@@ -332,13 +436,14 @@ class _Loader:
             tiers=self.tiers,
             tier_labels=labels,
             derived=derived,
-            eligibility=self.load_eligibility(top["eligibility"]),
-            rules=self.load_rules(top["rules"]),
-            caps=self.load_caps(top["caps"]) if "caps" in top else (),
+            eligibility=eligibility,
+            rules=rules,
+            caps=caps,
             protection_months=self.integer(top["protection_months"], "protection_months"),
             points=self.load_points(top["points"]),
             tags=tags,
             entitlements=self.load_entitlements(top["entitlements"], tags) if "entitlements" in top else {},
+            ranks=ranks,
             effective_from=self.load_month(top["effective_from"]) if "effective_from" in top else None,
             description=self.scalar(top["description"], "description") if "description" in top else "",
             metric_types=dict(self.types),
@@ -435,19 +540,71 @@ class _Loader:
             self.fail(fields["multipliers"], f"multipliers are missing for {', '.join(missing)}")
         return Points(self.integer(fields["expiry_months"], "expiry_months"), {t: given[t] for t in self.tiers})
 
-    def load_tags(self, node) -> dict[str, Condition]:
+    def load_ranks(self, node) -> tuple[Rank, ...]:
+        result = []
+        for i, item in enumerate(self.sequence(node, "ranks"), 1):
+            fields = self.mapping(item, f"rank {i}", required=("name", "by", "order"), optional=("tie_break",))
+            name = self.identifier(fields["name"], "rank")
+            count = f"{name}_count"
+            if any(n in self.types or n in self.tiers for n in (name, count)):
+                self.fail(fields["name"], f"rank {name!r} or {count!r} is already defined")
+            order = self.scalar(fields["order"], "order")
+            if order not in ("ascending", "descending"):
+                self.fail(fields["order"], f"rank {name}: order must be ascending or descending, got {order!r}")
+            if "tie_break" in fields and self.scalar(fields["tie_break"], "tie_break") != "subs_id":
+                self.fail(fields["tie_break"], f"rank {name}: ties are broken by subs_id only (tie_break: subs_id)")
+            parsed = self.expression(fields["by"], f"rank {name}")
+            try:
+                key, _ = compile_number(parsed, self.types, self.tiers, self.derived_nodes)
+            except ExprError as exc:
+                self.fail(exc.line, f"rank {name}: {exc.message} (column {exc.column})")
+            metrics = self.metrics_of(parsed)
+            result.append(Rank(name, fields["by"].value, _line(item), key, order == "descending", metrics))
+            for n in (name, count):
+                self.types[n], self.derived_metrics[n] = "int", metrics
+        return tuple(result)
+
+    def load_tags(self, node, rules: tuple[Rule, ...]) -> dict[str, Tag]:
         types = {**self.types, **RESULT_TYPES}
         result = {}
         for key, name, value in self.entries(node, "tags"):
-            if not _IDENT.fullmatch(name) or name in _RESERVED or name in types or name in self.tiers:
+            if not _IDENT.fullmatch(name) or name in _RESERVED or name in types or name in self.tiers \
+                    or name in _FRAME_COLUMNS:
                 self.fail(key, f"tag {name!r} is not a valid name or clashes with a metric or tier")
-            result[name] = self.condition(value, f"tag {name}", types)
+            what = f"tag {name}"
+            if not isinstance(value, yaml.MappingNode):
+                condition = self.condition(value, what, types)
+                result[name] = Tag(name, condition, {}, None, condition.metrics)
+                continue
+            fields = self.mapping(value, what, required=("when",), optional=("assigning_rule_fails_with",))
+            condition = self.condition(fields["when"], what, types)
+            substitutes, compiled, metrics = {}, {}, set(condition.metrics)
+            if "assigning_rule_fails_with" in fields:
+                for sub_key, metric, sub_value in self.entries(fields["assigning_rule_fails_with"], what):
+                    if self.types.get(metric) not in ("int", "number"):
+                        self.fail(sub_key, f"{what}: only a numeric metric can be substituted, not {metric!r}")
+                    parsed = self.expression(sub_value, f"{what}, {metric}")
+                    try:
+                        compiled[metric] = compile_number(parsed, self.types, self.tiers, self.derived_nodes)
+                    except ExprError as exc:
+                        self.fail(exc.line, f"{what}, {metric}: {exc.message} (column {exc.column})")
+                    substitutes[metric] = sub_value.value
+                    metrics |= self.metrics_of(parsed)
+            rule_fails = None
+            if compiled:
+                rule_fails = tuple(None if r.condition is None else ~compile_bool(
+                    r.condition.node, self.types, self.tiers, self.derived_nodes, compiled) for r in rules)
+            result[name] = Tag(name, condition, substitutes, rule_fails, frozenset(metrics))
         return result
 
-    def load_entitlements(self, node, tags: dict[str, Condition]) -> dict[str, Condition]:
+    def load_entitlements(self, node, tags: dict[str, Tag]) -> dict[str, Condition]:
         types = {"tier": "tier", **{tag: "bool" for tag in tags}}
-        return {name: self.condition(value, f"entitlement {name}", types)
-                for _, name, value in self.entries(node, "entitlements")}
+        result = {}
+        for key, name, value in self.entries(node, "entitlements"):
+            if not _IDENT.fullmatch(name) or name in _RESERVED:
+                self.fail(key, f"entitlement {name!r} is not a valid name")
+            result[name] = self.condition(value, f"entitlement {name}", types)
+        return result
 
     def load_month(self, node) -> Month:
         text = self.scalar(node, "effective_from")

@@ -1,0 +1,120 @@
+"""`tierflow rules check FILE` and `tierflow simulate --month M --rules FILE`: neither runs a flow (both only
+read), so neither needs Prefect. Heavy imports stay inside the functions to keep `tierflow --help` quick.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+
+def pack_path(rules: str) -> Path:
+    """A pack by path, or by name in rules/ (as `tierflow monthly --rules`)."""
+    path = Path(rules)
+    if not path.suffix:
+        path = RULES_DIR / f"{rules}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"rule pack {rules!r} not found (looked for {path})")
+    return path
+
+
+def pack_for_month(rules: str, month):
+    """A pack file by path, or by name: the version of rules/<name>[@YYYY-MM].yaml in force for the month."""
+    from transforms.rulepack import load_pack, pack_in_force
+    return load_pack(pack_path(rules)) if Path(rules).suffix else pack_in_force(RULES_DIR, rules, month)
+
+
+def cmd_rules(args, home: Path) -> int:
+    from transforms.rulepack import PackError, load_pack
+    try:
+        pack = load_pack(pack_path(args.file))
+    except PackError as exc:  # already "<file>:<line>: <message>", the form editors jump to
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(describe_pack(pack)))
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def describe_pack(pack) -> list[str]:
+    """Everything `rules check` shows: tiers, eligibility, rules, caps, protection, points, tags, entitlements
+    and the catalogue metrics the pack reads."""
+    lines = [f"pack {pack.name}, version {pack.version} ({pack.source}): valid"]
+    if pack.description:
+        lines.append(f"description: {pack.description}")
+    if pack.effective_from:
+        lines.append(f"in force from grading month {pack.effective_from}")
+    lines.append("tiers, lowest first: " + ", ".join(
+        t if pack.tier_labels[t] == t else f"{t} ({pack.tier_labels[t]})" for t in pack.tiers))
+    lines += ["derived metrics:"] * bool(pack.derived)
+    lines += [f"  {d.name} = {_one_line(d.text)}" for d in pack.derived.values()]
+    lines.append("eligibility, the first check that holds makes the subscriber ineligible:")
+    lines += [f"  {_one_line(e.condition.text)}  ->  {pack.unrated}, {e.reason}" for e in pack.eligibility]
+    lines += ["ranks, among eligible subscribers, ties by subs_id:"] * bool(pack.ranks)
+    lines += [f"  {r.name} by {_one_line(r.text)}, {'descending' if r.descending else 'ascending'}"
+              for r in pack.ranks]
+    lines.append("rules, first match wins (overrides come before them):")
+    lines += [f"  {i}. {'otherwise' if r.condition is None else _one_line(r.condition.text)}  ->  "
+              f"{r.tier}, {r.reason}" for i, r in enumerate(pack.rules, 1)]
+    lines.append("caps:" if pack.caps else "caps: none")
+    lines += [f"  {_one_line(c.condition.text)}  ->  at most {c.max_tier}, {c.reason}" for c in pack.caps]
+    lines.append(f"downgrade protection: {pack.protection_months} months" if pack.protection_months
+                 else "downgrade protection: none")
+    lines.append(f"points: expire after {pack.points.expiry_months} months; multipliers "
+                 + ", ".join(f"{t} {_decimal(k)}" for t, k in pack.points.multipliers.items()))
+    lines.append("tags:" if pack.tags else "tags: none")
+    lines += [f"  {name}: {_tag_text(tag)}" for name, tag in pack.tags.items()]
+    lines.append("entitlements:" if pack.entitlements else "entitlements: none")
+    lines += [f"  {name}: {_one_line(c.text)}" for name, c in pack.entitlements.items()]
+    lines.append("metrics used: " + ", ".join(sorted(pack.metrics_used())))
+    return lines
+
+
+def _tag_text(tag) -> str:
+    text = _one_line(tag.condition.text)
+    if tag.substitutes:
+        what_if = ", ".join(f"{m} = {_one_line(e)}" for m, e in tag.substitutes.items())
+        text += f", and the rule that assigned the tier would fail with {what_if}"
+    return text
+
+
+def _decimal(k) -> str:
+    """A multiplier (Fraction of a decimal literal) as the decimal the pack wrote."""
+    if k.denominator == 1:
+        return str(k.numerator)
+    digits = 0
+    while (k * 10 ** digits).denominator != 1:
+        digits += 1
+    return f"{float(k):.{digits}f}"
+
+
+def cmd_simulate(args, home: Path) -> int:
+    from transforms.calendar import Month
+    from transforms.simulate import (SimulationError, default_directory, find_pack_by_version,
+                                     official_pack_version, simulate, text_report, write_simulation)
+    from transforms.warehouse import connect, warehouse_path
+
+    month = Month.parse(args.month)
+    candidate = pack_for_month(args.rules, month)
+    if not warehouse_path(home).exists():
+        raise SimulationError(f"no warehouse in {home}: grade {month} first")
+    con = connect(home, read_only=True)
+    try:
+        name, version = official_pack_version(con, month)
+        official = (pack_for_month(args.official, month) if args.official
+                    else find_pack_by_version(version, [RULES_DIR, Path(candidate.source).parent]))
+        if official is None:
+            raise SimulationError(f"{month} was graded with pack {name} version {version}, which is not in "
+                                  f"{RULES_DIR}: pass that pack file with --official")
+        sim = simulate(con, month, candidate, official)
+    finally:
+        con.close()
+    directory = Path(args.out) if args.out else default_directory(home, month, candidate)
+    write_simulation(sim, directory)
+    print(text_report(sim))
+    print(f"\nwrote {directory}/ ({', '.join(['migration.csv', 'entitlements.csv', 'simulation.html'])})")
+    return 0
