@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     monthly = sub.add_parser("monthly", parents=[home], help="the monthly grading run of a month")
     monthly.add_argument("--month", type=_month, required=True)
     monthly.add_argument("--rules", default=None, help="rule pack name in rules/ or a path (default six-star)")
+    monthly.add_argument("--accept-mass-change", action="store_true",
+                         help="publish although DOWNGRADE + LOST exceed the circuit breaker's share")
+    monthly.add_argument("--reason", default=None, help="why the mass change is accepted (kept in the run ledger)")
 
     backfill = sub.add_parser("backfill", parents=[home], help="every nightly and monthly run of a range")
     backfill.add_argument("--start", type=_month, required=True)
@@ -126,7 +129,10 @@ def cmd_nightly(args, home: Path) -> int:
 
 def cmd_monthly(args, home: Path) -> int:
     from flows.pipeline import monthly_flow
-    print(monthly_flow(str(home), args.month, args.rules))
+    if args.accept_mass_change and not (args.reason or "").strip():
+        raise ValueError("--accept-mass-change needs --reason \"...\" (it is kept in the run ledger)")
+    reason = args.reason.strip() if args.accept_mass_change else None
+    print(monthly_flow(str(home), args.month, args.rules, reason))
     return 0
 
 

@@ -14,10 +14,15 @@ from prefect import flow, task
 
 from transforms.backfill import plan_backfill
 from transforms.calendar import Month, parse_day
-from transforms.ingest import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, reconciliation_failures, scan_landing
+from transforms.ingest import (DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures,
+                               scan_landing)
 from transforms.ledger import finish_run, start_run
-from transforms.monthly import MonthlyError, input_files, is_up_to_date, run_monthly
+from transforms.channels import DEFAULT_CONFIG as DEFAULT_CHANNELS
+from transforms.channels import load_channels, render_nightly_lost, write_outbox
+from transforms.monthly import (MonthlyError, MonthlyOptions, input_files, is_up_to_date, mark_delivered,
+                                run_monthly)
 from transforms.publish import publish
+from transforms.quality import GateFailed
 from transforms.rulepack import RulePack, load_pack
 from transforms.runlock import writer_lock
 from transforms.warehouse import connect
@@ -60,12 +65,13 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         changed = [r for r in results if r.status != "UNCHANGED"]
         for r in changed:
             progress(f"  {r.line()}")
+        notices = _nightly_lost_notices(con, home, results)
         problems = reconciliation_failures(con)
         status = "FAILED" if problems else "SUCCESS"
         finish_run(con, run_id, status, "; ".join(problems),
                    input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status, "loaded": r.loaded,
                                  "quarantined": r.quarantined} for r in changed],
-                   checks={"reconciliation": "ok" if not problems else problems},
+                   output_files=notices, checks={"reconciliation": "ok" if not problems else problems},
                    timings={"seconds": round(time.monotonic() - started, 3)})
         if problems:
             raise RunFailed(f"reconciliation failed: {problems[0]}")
@@ -76,9 +82,21 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         con.close()
 
 
+def _nightly_lost_notices(con, home: str, results) -> list[dict]:
+    """LOST notices for rated subscribers cancelled in (or gone from) a snapshot loaded by this run."""
+    channels = load_channels(DEFAULT_CHANNELS)
+    unrated = resolve_pack(None).unrated
+    files = [f for r in results if r.status == "LOADED" and r.file_name.startswith("ACCT_")
+             for f in render_nightly_lost(con, r.day, channels, unrated)]
+    write_outbox(Path(home), files)
+    return [{"file": f.relpath, "records": f.records, "md5": f.md5} for f in files]
+
+
 @task(name="monthly-grading")
-def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: bool = False) -> str:
-    """The monthly run of one month; with only_if_stale, skips a month already up to date."""
+def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: bool = False,
+                accept_reason: str | None = None) -> str:
+    """The monthly run of one month, validated before it commits, then its channel files; with only_if_stale,
+    skips a month already up to date. accept_reason: the operator accepts a tripped circuit breaker."""
     pack = resolve_pack(rules)
     target = Month.parse(month)
     con = connect(Path(home))
@@ -87,15 +105,24 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
             return f"{target}: up to date"
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
         started = time.monotonic()
+        options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels(DEFAULT_CHANNELS)),
+                                 accept_mass_change=accept_reason is not None)
+        accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
         try:
-            result = run_monthly(con, target, pack, run_id)
-        except MonthlyError as exc:
-            finish_run(con, run_id, "FAILED", str(exc))
+            result = run_monthly(con, target, pack, run_id, options)
+        except (MonthlyError, GateFailed) as exc:
+            gate = {"failed_gate": exc.result.as_dict()} if isinstance(exc, GateFailed) else {}
+            finish_run(con, run_id, "FAILED", str(exc), input_files=input_files(con, target),
+                       checks=gate | accepted)
             raise RunFailed(str(exc)) from None
+        written = write_outbox(Path(home), result.files)
+        mark_delivered(con, target)
         finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
+                   output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
                    checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
-                           "points": result.points},
+                           "points": result.points, "gates": result.checks} | accepted,
                    timings={"seconds": round(time.monotonic() - started, 3)})
+        progress(f"  {len(written)} channel file(s) written")
         return result.line()
     finally:
         con.close()
@@ -124,12 +151,12 @@ def nightly_flow(home: str, day: str) -> dict:
 
 
 @flow(name="monthly")
-def monthly_flow(home: str, month: str, rules: str | None = None) -> str:
-    """Ingests pending deliveries, then grades the month."""
+def monthly_flow(home: str, month: str, rules: str | None = None, accept_reason: str | None = None) -> str:
+    """Ingests pending deliveries, then grades the month (accept_reason: accept a tripped circuit breaker)."""
     Month.parse(month)
     with writer_lock(Path(home), f"monthly {month}"):
         ingest_deliveries(home)
-        line = grade_month(home, month, rules)
+        line = grade_month(home, month, rules, accept_reason=accept_reason)
         publish_copy(home)
     progress(line)
     return line

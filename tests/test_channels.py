@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import Sub, deliver
-from tests.test_monthly_golden import JAN, JUL, PACK, build
+from tests.test_monthly_golden import ACCEPT, JAN, JUL, PACK, build
 from transforms.calendar import month_range
 from transforms.channels import (DEFAULT_CONFIG, ChannelConfigError, ChannelError, OutFile, count_mismatches,
                                  load_channels, points_expiring, render_month, render_nightly_lost,
@@ -54,7 +54,7 @@ def graded(tmp_path_factory):
     for d in scan_landing(home).delivered:
         assert ingest_delivery(con, home, d, "test").status == "LOADED"
     for m in month_range(JAN, JUL):
-        run_monthly(con, m, PACK, "test")
+        run_monthly(con, m, PACK, "test", ACCEPT)
     yield home, con
     con.close()
 
@@ -142,7 +142,7 @@ def test_rerun_gives_byte_identical_files_left_in_place(july):
     paths = [home / "outbox" / f.relpath for f in files.values()]
     paths.append(home / "outbox" / files["boss"].control_relpath)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
-    run_monthly(con, JUL, PACK, "rerun")
+    run_monthly(con, JUL, PACK, "rerun", ACCEPT)
     again = render_month(con, JUL, CHANNELS)
     assert [f.payload for f in again] == [files[f.channel].payload for f in again]
     write_outbox(home, again)

@@ -10,7 +10,8 @@ import pytest
 
 from tests.builders import Sub, deliver
 from transforms.calendar import Month
-from transforms.ingest import ingest_delivery, reconciliation_failures, scan_landing, snapshot_date_for
+from transforms.ingest import ingest_delivery, reconciliation_failures, scan_landing
+from transforms.warehouse import snapshot_date_for
 from transforms.warehouse import connect
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "samples" / "landing"

@@ -9,11 +9,14 @@ import pytest
 from tests.builders import Province, Sub, deliver
 from transforms.calendar import Month, month_range
 from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import MonthlyError, run_monthly
+from transforms.monthly import MonthlyError, MonthlyOptions, run_monthly
+from transforms.quality import GateFailed
 from transforms.rulepack import load_pack
 from transforms.warehouse import connect
 
 PACK = load_pack(Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml")
+# These hand-made provinces are tiny: a few changes exceed the breaker's 5%, accepted on purpose here.
+ACCEPT = MonthlyOptions(accept_mass_change=True)
 JAN, JUN, JUL = Month(2026, 1), Month(2026, 6), Month(2026, 7)
 
 
@@ -76,7 +79,7 @@ def graded(tmp_path_factory):
     con = connect(home)
     for d in scan_landing(home).delivered:
         assert ingest_delivery(con, home, d, "test").status == "LOADED"
-    results = {m: run_monthly(con, m, PACK, "test") for m in month_range(JAN, JUL)}
+    results = {m: run_monthly(con, m, PACK, "test", ACCEPT) for m in month_range(JAN, JUL)}
     yield con, results
     con.close()
 
@@ -203,7 +206,7 @@ def test_rerun_of_a_month_is_idempotent(graded):
     before = con.execute("SELECT * FROM mart.tier_assignment ORDER BY ALL").fetchall()
     changes = con.execute("SELECT * FROM mart.grade_change ORDER BY ALL").fetchall()
     points = con.execute("SELECT * FROM mart.points_balance ORDER BY ALL").fetchall()
-    run_monthly(con, JUL, PACK, "rerun")
+    run_monthly(con, JUL, PACK, "rerun", ACCEPT)
     assert con.execute("SELECT * FROM mart.tier_assignment ORDER BY ALL").fetchall() == before
     assert con.execute("SELECT * FROM mart.grade_change ORDER BY ALL").fetchall() == changes
     assert con.execute("SELECT * FROM mart.points_balance ORDER BY ALL").fetchall() == points
@@ -212,4 +215,13 @@ def test_rerun_of_a_month_is_idempotent(graded):
 def test_monthly_without_bill_fails_clearly(graded):
     con, _ = graded
     with pytest.raises(MonthlyError, match="BILL_202608 not delivered"):
-        run_monthly(con, Month(2026, 8), PACK, "test")
+        run_monthly(con, Month(2026, 8), PACK, "test", ACCEPT)
+
+
+def test_mass_downgrade_is_blocked_by_the_breaker_and_changes_nothing(graded):
+    con, _ = graded
+    before = con.execute("SELECT * FROM mart.tier_assignment ORDER BY ALL").fetchall()
+    # July: DOWNGRADE D + LOST G = 2 of the 11 rated in June = 18% > 5%
+    with pytest.raises(GateFailed, match=r"circuit_breaker failed: .*downgrade_lost_share.*2026-07: 0.1818"):
+        run_monthly(con, JUL, PACK, "not accepted")
+    assert con.execute("SELECT * FROM mart.tier_assignment ORDER BY ALL").fetchall() == before

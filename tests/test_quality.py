@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.test_monthly_golden import JAN, JUL, JUN, PACK, build
+from tests.test_monthly_golden import ACCEPT, JAN, JUL, JUN, PACK, build
 from transforms.calendar import month_range
 from transforms.ingest import ingest_delivery, scan_landing
 from transforms.monthly import aggregate_subscriber_month, run_monthly
@@ -33,7 +33,7 @@ def con(tmp_path_factory):
     for d in scan_landing(home).delivered:
         assert ingest_delivery(con, home, d, "test").status == "LOADED"
     for m in month_range(JAN, JUL):
-        run_monthly(con, m, PACK, "test")
+        run_monthly(con, m, PACK, "test", ACCEPT)
     yield con
     con.close()
 

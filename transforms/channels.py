@@ -29,8 +29,7 @@ import polars as pl
 import yaml
 
 from transforms.calendar import Month
-from transforms.ingest import snapshot_date_for
-from transforms.warehouse import scalar
+from transforms.warehouse import scalar, snapshot_date_for
 
 OUTBOX = "outbox"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "channels.yaml"

@@ -19,6 +19,7 @@ import polars as pl
 from transforms.calendar import Month, parse_day
 from transforms.control import FileRejected, read_control, verify_control
 from transforms.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
+from transforms.quality import GateFailed, gate_raw_file
 from transforms.warehouse import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
@@ -130,20 +131,37 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
         _check_counts(parsed, control, max_quarantine_share)
     except FileRejected as rejected:
         return _reject(con, home, delivery, run_id, rejected, control, md5, parsed)
-    with transaction(con):
-        _supersede(con, name.file_name)
-        records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
-        quarantine = pl.concat([parsed.quarantine, cross_dupes], how="vertical")
-        if name.kind == "ACCT":
-            _load_snapshot(con, home, delivery, records)
-            orphans = 0
-        else:
-            _load_records(con, name, records)
-            orphans = _count_orphans(con, records)
-        _insert_quarantine(con, delivery, quarantine, run_id)
-        _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
-                         "LOADED", None, run_id)
-    return IngestResult(name.file_name, delivery.day, "LOADED", records.height, quarantine.height, orphans)
+    try:
+        with transaction(con):
+            orphans, quarantined, loaded = _load(con, home, delivery, parsed, control, md5, run_id)
+    except GateFailed as failed:  # gate 1: the load is rolled back and the file rejected whole
+        return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
+                       control, md5, parsed)
+    return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans)
+
+
+def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5: str, run_id: str):
+    """Replaces any older delivery of the file by this one and validates the result (gate 1)."""
+    name = delivery.name
+    _supersede(con, name.file_name)
+    records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
+    quarantine = pl.concat([parsed.quarantine, cross_dupes], how="vertical")
+    if name.kind == "ACCT":
+        _load_snapshot(con, home, delivery, records)
+        orphans = 0
+    else:
+        _load_records(con, name, records)
+        orphans = _count_orphans(con, records)
+    _insert_quarantine(con, delivery, quarantine, run_id)
+    _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
+                     "LOADED", None, run_id)
+    gate_raw_file(con, name.file_name, quality_dir(home, run_id)).raise_if_failed()
+    return orphans, quarantine.height, records.height
+
+
+def quality_dir(home: Path, run_id: str) -> Path:
+    """Where a run keeps Great Expectations' validation results."""
+    return Path(home) / "ops" / "quality" / run_id
 
 
 def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
@@ -308,11 +326,6 @@ def _merge_snapshot(con, snapshot_date: date, file_name: str, records: pl.DataFr
     con.execute("DELETE FROM ops.snapshot WHERE snapshot_date = ?", [snapshot_date])
     con.execute("INSERT INTO ops.snapshot VALUES (?, ?, ?)", [snapshot_date, file_name, records.height])
     con.unregister("snapshot_in")
-
-
-def snapshot_date_for(con, month: Month) -> date | None:
-    """S(M): the latest applied snapshot dated on or before the last day of M."""
-    return scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date <= ?", [month.last_day])
 
 
 def reconciliation_failures(con) -> list[str]:

@@ -9,17 +9,20 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import polars as pl
 
 from transforms.calendar import Month
+from transforms.channels import (CHANGES, POINTS, Channel, OutFile, by_feed, points_expiring, render_month,
+                                 render_points_expiry)
 from transforms.grading import apply_protection, assign_tiers
-from transforms.ingest import snapshot_date_for
 from transforms.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
 from transforms.points import apply_points_month
+from transforms.quality import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.rulepack import RulePack
-from transforms.warehouse import first_row, scalar, transaction
+from transforms.warehouse import first_row, scalar, snapshot_date_for, transaction
 
 WINDOW = 6
 ITEMS = ["RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST", "GIFT", "DEPOSIT"]
@@ -28,6 +31,13 @@ EXCLUDED_FROM_CONSUMPTION = ("GIFT", "DEPOSIT")
 
 class MonthlyError(Exception):
     """The monthly run cannot proceed; the message says why and what to run."""
+
+
+@dataclass(frozen=True)
+class MonthlyOptions:
+    results_dir: Path | None = None        # where GE validation results are kept
+    channels: tuple[Channel, ...] = ()     # channel configuration; empty = render no channel files
+    accept_mass_change: bool = False       # the operator accepted a tripped circuit breaker
 
 
 @dataclass
@@ -39,6 +49,8 @@ class MonthlyResult:
     tiers: dict = field(default_factory=dict)
     points: dict = field(default_factory=dict)
     note: str = ""
+    files: list[OutFile] = field(default_factory=list)   # channel files to write once committed
+    checks: list[dict] = field(default_factory=list)     # quality gate results (GateResult.as_dict())
 
     def line(self) -> str:
         if not self.graded:
@@ -97,15 +109,23 @@ def fingerprint(con, month: Month, pack_version: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def is_up_to_date(con, month: Month, pack_version: str) -> bool:
+def is_current(con, month: Month, pack_version: str) -> bool:
+    """Processed with the inputs and pack it would use now (and after the same predecessor)."""
     stored = scalar(con, "SELECT fingerprint FROM ops.month_state WHERE month = ?", [month.first_day])
     return stored is not None and stored == fingerprint(con, month, pack_version)
+
+
+def is_up_to_date(con, month: Month, pack_version: str) -> bool:
+    """Current and its files delivered: a run killed after its commit but before writing the outbox is not
+    up to date, so the next backfill redoes it (byte for byte)."""
+    return bool(scalar(con, "SELECT delivered FROM ops.month_state WHERE month = ?", [month.first_day])) \
+        and is_current(con, month, pack_version)
 
 
 def stale_months(con) -> list[Month]:
     """Processed months whose inputs, pack or predecessor changed since they were processed."""
     rows = con.execute("SELECT month, pack_version FROM ops.month_state ORDER BY month").fetchall()
-    return [Month.of(m) for m, version in rows if not is_up_to_date(con, Month.of(m), version)]
+    return [Month.of(m) for m, version in rows if not is_current(con, Month.of(m), version)]
 
 
 def check_ordering(con, month: Month, pack: RulePack) -> None:
@@ -117,14 +137,18 @@ def check_ordering(con, month: Month, pack: RulePack) -> None:
     if scalar(con, "SELECT count(*) FROM ops.month_state WHERE month = ?", [prev.first_day]) == 0:
         raise MonthlyError(f"{prev} has not been processed: run `tierflow monthly --month {prev}` "
                            f"or `tierflow backfill --start {prev} --end {month}` first")
-    if not is_up_to_date(con, prev, pack.version):
+    if not is_current(con, prev, pack.version):
         raise MonthlyError(f"{prev} is stale (its inputs or rule pack changed): run "
                            f"`tierflow backfill --start {prev} --end {month}`")
 
 
 # --- the run -------------------------------------------------------------------------------------------------
 
-def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, run_id: str) -> MonthlyResult:
+def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, run_id: str,
+                options: MonthlyOptions = MonthlyOptions()) -> MonthlyResult:
+    """Everything of M in one transaction, validated before it commits (quality gates 2-4): a failed gate
+    raises GateFailed and leaves the warehouse as it was. Channel files are rendered here and returned, for
+    the caller to write after the commit."""
     require_bill(con, month)
     snapshot = snapshot_date_for(con, month)
     if snapshot is None or snapshot < month.first_day:
@@ -134,22 +158,52 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     complete = window_complete(con, month)
     with transaction(con):
         aggregate_subscriber_month(con, month, complete)
+        checks = [gate_grading_inputs(con, month, options.results_dir).raise_if_failed().as_dict()]
         points = run_points(con, month, pack)
         if complete:
             result = grade(con, month, pack, snapshot)
+            result.files = _render_changes(con, month, options.channels)
+            checks.append(gate_outputs(con, month, list(pack.tiers), pack.unrated,
+                                       _channel_counts(result.files, options.channels),
+                                       options.results_dir).raise_if_failed().as_dict())
+            checks.append(gate_breaker(con, month, options.accept_mass_change,
+                                       options.results_dir).raise_if_failed().as_dict())
         else:
             result = MonthlyResult(month, graded=False,
                                    note=f"no tiers: BILL for {month - 5}..{month} is incomplete")
-        result.points = points
+        result.files += _render_points_expiry(con, month, pack, options.channels)
+        result.points, result.checks = points, checks
         _record_month_state(con, month, pack, complete, run_id)
     return result
 
 
+def _render_changes(con, month: Month, channels: tuple[Channel, ...]) -> list[OutFile]:
+    return render_month(con, month, list(channels)) if by_feed(list(channels), CHANGES) else []
+
+
+def _render_points_expiry(con, month: Month, pack: RulePack, channels: tuple[Channel, ...]) -> list[OutFile]:
+    if not by_feed(list(channels), POINTS):
+        return []
+    return render_points_expiry(con, month, list(channels), points_expiring(con, month, pack.points.expiry_months))
+
+
+def _channel_counts(files: list[OutFile], channels: tuple[Channel, ...]) -> dict:
+    """Records written per change channel, with the change types it carries (gate 3 compares them with
+    mart.grade_change); a configured channel that rendered no file counts 0."""
+    written = {f.channel: f.records for f in files}
+    return {ch.name: (written.get(ch.name, 0), ch.changes) for ch in by_feed(list(channels), CHANGES)}
+
+
 def _record_month_state(con, month: Month, pack: RulePack, graded: bool, run_id: str) -> None:
     con.execute("DELETE FROM ops.month_state WHERE month = ?", [month.first_day])
-    con.execute("INSERT INTO ops.month_state VALUES (?, ?, ?, ?, ?, ?, ?)",
+    con.execute("INSERT INTO ops.month_state VALUES (?, ?, ?, ?, ?, ?, ?, false)",
                 [month.first_day, graded, pack.name, pack.version, fingerprint(con, month, pack.version), run_id,
                  datetime.now()])
+
+
+def mark_delivered(con, month: Month) -> None:
+    """Channel files are in the outbox and the analysts' copy is published: the month is complete."""
+    con.execute("UPDATE ops.month_state SET delivered = true WHERE month = ?", [month.first_day])
 
 
 def aggregate_subscriber_month(con, month: Month, complete: bool) -> None:
@@ -163,7 +217,8 @@ def aggregate_subscriber_month(con, month: Month, complete: bool) -> None:
         INSERT INTO mart.subscriber_month
         WITH items AS (
             SELECT subs_id,
-                   coalesce(sum(amount_fen) FILTER (WHERE item_code NOT IN ('GIFT', 'DEPOSIT')), 0) AS cons_fen,
+                   coalesce(sum(amount_fen) FILTER (WHERE NOT list_contains($excluded, item_code)), 0)
+                       AS cons_fen,
                    {item_sums}
             FROM raw.bill WHERE bill_month = $m GROUP BY subs_id),
         earlier AS (
@@ -171,7 +226,8 @@ def aggregate_subscriber_month(con, month: Month, complete: bool) -> None:
             WHERE month >= $from AND month < $m GROUP BY subs_id)
         SELECT $m, items.*, CASE WHEN $complete THEN items.cons_fen + coalesce(earlier.cons5, 0) END
         FROM items LEFT JOIN earlier USING (subs_id)
-        ORDER BY subs_id""", {"m": m, "from": (month - (WINDOW - 1)).first_day, "complete": complete})
+        ORDER BY subs_id""", {"m": m, "from": (month - (WINDOW - 1)).first_day, "complete": complete,
+                              "excluded": list(EXCLUDED_FROM_CONSUMPTION)})
 
 
 def run_points(con, month: Month, pack: RulePack) -> dict:

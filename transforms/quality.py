@@ -32,8 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from transforms.calendar import Month
-from transforms.ingest import snapshot_date_for
-from transforms.warehouse import first_row, scalar
+from transforms.warehouse import first_row, scalar, snapshot_date_for
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 WINDOW = 6                      # grading months M-5..M (rules.md sum6)

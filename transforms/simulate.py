@@ -21,10 +21,9 @@ import polars as pl
 
 from transforms.calendar import Month
 from transforms.grading import apply_protection, assign_tiers, compute_tags, entitlements
-from transforms.ingest import snapshot_date_for
 from transforms.monthly import _spell_start, active_overrides, grading_metrics, is_up_to_date
 from transforms.rulepack import RulePack, load_pack
-from transforms.warehouse import first_row
+from transforms.warehouse import first_row, snapshot_date_for
 
 TOTAL = "total"
 MIGRATION_CSV, ENTITLEMENTS_CSV, PAGE = "migration.csv", "entitlements.csv", "simulation.html"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -118,7 +119,8 @@ CREATE TABLE IF NOT EXISTS ops.snapshot (
 );
 CREATE TABLE IF NOT EXISTS ops.month_state (
     month DATE NOT NULL, graded BOOLEAN NOT NULL, pack_name VARCHAR, pack_version VARCHAR,
-    fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP
+    fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP,
+    delivered BOOLEAN NOT NULL DEFAULT false  -- channel files written and analysts' copy published
 );
 CREATE TABLE IF NOT EXISTS ops.run_ledger (
     run_id VARCHAR NOT NULL, flow VARCHAR NOT NULL, period VARCHAR, pack_name VARCHAR, pack_version VARCHAR,
@@ -171,3 +173,8 @@ def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | No
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None):
     row = first_row(con, sql, params)
     return None if row is None else row[0]
+
+
+def snapshot_date_for(con, month) -> date | None:
+    """S(M): the latest applied snapshot dated on or before the last day of M."""
+    return scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date <= ?", [month.last_day])
