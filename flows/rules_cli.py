@@ -114,7 +114,7 @@ def cmd_simulate(args, home: Path) -> int:
     finally:
         con.close()
     directory = Path(args.out) if args.out else default_directory(home, month, candidate)
-    write_simulation(sim, directory)
+    written = write_simulation(sim, directory)
     print(text_report(sim))
-    print(f"\nwrote {directory}/ ({', '.join(['migration.csv', 'entitlements.csv', 'simulation.html'])})")
+    print(f"\nwrote {directory}/ ({', '.join(p.name for p in written)})")
     return 0

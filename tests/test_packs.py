@@ -174,6 +174,22 @@ def test_sharded_grading_equals_the_global_one():
     assert not alone.equals(whole.join(shard.select("subs_id"), on="subs_id", how="semi", maintain_order="left"))
 
 
+def test_ranks_do_not_depend_on_row_order_or_on_how_they_reach_a_shard():
+    metrics = random_population(2000, seed=3)  # random subs_id order: ranks sort on (sum6, subs_id)
+    by_id = metrics.sort("subs_id")            # subs_id order: an ordinal rank on sum6 alone
+    assert not metrics["subs_id"].is_sorted() and by_id["subs_id"].is_sorted()
+    assert rank_table(ABC, metrics).sort("subs_id").equals(rank_table(ABC, by_id))
+    assert assign_tiers(ABC, metrics).sort("subs_id").equals(assign_tiers(ABC, by_id))
+    # a part graded with the whole rank table (not aligned with the part: joined by subs_id) is the same as
+    # with its aligned slice, and as the corresponding rows of the whole
+    table, part = rank_table(ABC, by_id), by_id.filter(pl.col("tenure_months") % 3 == 0)
+    joined = assign_tiers(ABC, part, ranks=table)
+    aligned = assign_tiers(ABC, part, ranks=table.join(part.select("subs_id"), on="subs_id", how="semi",
+                                                        maintain_order="left"))
+    whole = assign_tiers(ABC, by_id).join(part.select("subs_id"), on="subs_id", how="semi", maintain_order="left")
+    assert joined.equals(whole) and aligned.equals(whole)
+
+
 def test_rank_tags_use_the_global_ranks():
     metrics = random_population(2000, seed=5)
     assigned = assign_tiers(ABC, metrics)

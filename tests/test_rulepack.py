@@ -363,3 +363,23 @@ def test_version_files_must_agree_with_their_pack(tmp_path):
     assert pack_in_force(tmp_path / "e", "mini", Month(2026, 8)).effective_from == Month(2026, 8)
     with pytest.raises(PackError, match="no rule pack 'nothing'"):
         pack_in_force(tmp_path / "e", "nothing", Month(2026, 8))
+
+
+def test_limits_on_tags_and_entitlements():
+    many_tags = MINI + "tags:\n" + "".join(f"  T{i}: sum6_fen > {i}\n" for i in range(49))
+    assert load_error(many_tags).startswith("packs/bad.yaml:18: a pack has at most 48 tags, found 49")
+    many = MINI + "entitlements:\n" + "".join(f"  E{i}: tier >= LOW\n" for i in range(63))
+    assert load_error(many).startswith("packs/bad.yaml:18: a pack has at most 62 entitlements, found 63")
+    # a leading underscore is kept for the engine's own columns
+    assert load_error(MINI.replace("[NONE_YET, LOW, HIGH]", "[_HIDDEN, LOW, HIGH]")).startswith(
+        "packs/bad.yaml:2: tier '_HIDDEN' is not a valid name")
+
+
+def test_the_packs_in_docs_metrics_md_load():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    packs = [b for b in blocks if b.startswith("pack:")]
+    assert len(packs) == 2  # the layout and the complete example
+    loaded = [load_pack_text(b, f"docs/metrics.md block {i}") for i, b in enumerate(packs)]
+    assert [p.name for p in loaded] == ["my-pack", "spend-bands"]
+    assert loaded[1].tags["SLIPPING"].rule_fails is not None and loaded[1].protection_months == 6

@@ -170,13 +170,16 @@ def test_entitlements_from_tier_and_tags():
     ]
 
 
-def test_entitlement_changes_gained_and_lost():
+@pytest.mark.parametrize("in_id_order", [False, True], ids=["hash-join", "sorted-merge"])
+def test_entitlement_changes_gained_and_lost(in_id_order):
     previous = tier_frame([
         ("a", "STAR3", []), ("b", "STAR5", []), ("c", "STAR4", []), ("e", "STAR1", []),
         ("f", "STAR6", ["GROUP_KEY"]), ("g", "STAR1", []), ("k", "STAR2", ["GROUP_KEY"])])
     current = tier_frame([
         ("g", "STAR1", ["GROUP_KEY"]), ("f", "UNRATED", []), ("d", "STAR2", []), ("c", "STAR4", ["CHURN_RISK"]),
         ("b", "STAR2", ["GROUP_KEY"]), ("a", "STAR4", []), ("h", "UNRATED", []), ("k", "STAR2", ["GROUP_KEY"])])
+    if in_id_order:  # both sides sorted by subs_id take the linear merge; otherwise a hash join
+        previous, current = previous.sort("subs_id"), current.sort("subs_id")
     got = entitlement_changes(PACK, previous, current)
     assert got.columns == ["subs_id", "entitlements_gained", "entitlements_lost"]
     assert got.rows() == [
@@ -205,3 +208,20 @@ def test_entitlement_changes_with_an_empty_side():
     assert entitlement_changes(PACK, empty, current).rows() == [("a", ["POINTS_GIFTS", "POINTS_REMINDER"], [])]
     assert entitlement_changes(PACK, current, empty).rows() == [("a", [], ["POINTS_GIFTS", "POINTS_REMINDER"])]
     assert entitlement_changes(PACK, empty, empty).height == 0
+
+
+def test_entitlement_changes_refuses_two_rows_for_a_subscriber():
+    previous = tier_frame([("a", "STAR2", []), ("a", "STAR3", []), ("b", "STAR1", [])])
+    with pytest.raises(ValueError, match="more than one row for a subscriber"):
+        entitlement_changes(PACK, previous, tier_frame([("a", "STAR2", [])]))
+
+
+def test_entitlement_changes_across_pack_versions():
+    # the previous month was graded with a pack whose STAR3 also had LOUNGE_LITE, dropped by the current pack
+    old_text = SIX_STAR_PATH.read_text(encoding="utf-8").replace(
+        "  POINTS_REMINDER: tier >= STAR1", "  POINTS_REMINDER: tier >= STAR1\n  LOUNGE_LITE: tier >= STAR3")
+    old_pack = load_pack_text(old_text, "six-star-old.yaml")
+    same = tier_frame([("a", "STAR3", []), ("b", "STAR2", [])])
+    got = entitlement_changes(PACK, same, same, previous_pack=old_pack)
+    # a: STAR3 both months, loses only LOUNGE_LITE (listed after the current pack's names); b: no change
+    assert got.rows() == [("a", [], ["LOUNGE_LITE"])]

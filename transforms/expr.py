@@ -425,7 +425,8 @@ class _Compiler:
             if node.name not in self.tiers:
                 raise ExprError(f"unknown tier {node.name!r}", node.line, node.column)
             return _lit(self.tiers.index(node.name))
-        return pl.col(node.name).replace_strict(self.tiers, list(range(len(self.tiers))), return_dtype=pl.Int64)
+        # via an Enum of the tiers: an unknown tier is an error, and a column already of that Enum costs nothing
+        return pl.col(node.name).cast(pl.Enum(self.tiers)).to_physical().cast(pl.Int64)
 
     def scalar(self, node: Node) -> pl.Expr:
         if isinstance(node, Literal) and isinstance(node.value, str):

@@ -36,8 +36,8 @@ def assign_tiers(pack: RulePack, metrics: pl.DataFrame, overrides: pl.DataFrame 
     _validate_metrics(pack, metrics, pack.grading_metrics())
     reasons = _Reasons(pack)
     override = _override_tier(pack, overrides, metrics.schema["subs_id"])
-    frame = metrics.lazy().select("subs_id", *sorted(pack.grading_metrics()))
-    return (_with_ranks(pack, frame, metrics, ranks)
+    frame = _with_ranks(pack, metrics.select("subs_id", *sorted(pack.grading_metrics())), ranks)
+    return (frame.lazy()
             .with_columns(excluded=_ineligibility_reason(pack, reasons), rule_position=_first_rule(pack),
                           override_tier=override)
             .with_columns(**_rule_outcome(pack, reasons))
@@ -179,17 +179,25 @@ def apply_protection(assigned: pl.DataFrame, previous: pl.DataFrame, month: Mont
 
 def rank_table(pack: RulePack, metrics: pl.DataFrame) -> pl.DataFrame:
     """The global pass of rank packs: subs_id plus, per pack rank, `<name>` (1 = first) and `<name>_count`
-    (number ranked), for the eligible subscribers of `metrics` only (ineligible ones are not ranked).
-    Ties are broken by ascending subs_id, so the ranks are a strict order and deterministic.
+    (number ranked), for the eligible subscribers of `metrics` only, in the order of `metrics`.
+    Ties are broken by ascending subs_id (byte order), so the ranks are a strict order and deterministic.
     Reads only the eligibility and rank-key columns: cheap next to the cascade."""
     _validate_metrics(pack, metrics, pack.rank_metrics())
-    eligible = metrics.lazy().filter(_eligible(pack))
+    keys = [rank.key.alias(f"_key{i}") for i, rank in enumerate(pack.ranks)]
+    eligible = metrics.lazy().filter(_eligible(pack)).select("subs_id", *keys).collect()
+    # Input sorted by subs_id (as the monthly metrics are): an ordinal rank, which orders ties by position, is
+    # already tie-broken by subs_id; otherwise sort on (key, subs_id).
+    in_id_order = eligible["subs_id"].is_sorted()
     columns = []
-    for rank in pack.ranks:
-        order = pl.arg_sort_by([rank.key, pl.col("subs_id")], descending=[rank.descending, False])
-        columns += [(order.arg_sort().cast(pl.Int64) + 1).alias(rank.name),
-                    pl.len().cast(pl.Int64).alias(rank.count_name)]
-    return eligible.select("subs_id", *columns).collect()
+    for i, rank in enumerate(pack.ranks):
+        key = pl.col(f"_key{i}")
+        if in_id_order:
+            position = key.rank("ordinal", descending=rank.descending).cast(pl.Int64)
+        else:
+            position = pl.arg_sort_by([key, pl.col("subs_id")], descending=[rank.descending, False]).arg_sort() + 1
+        columns += [position.cast(pl.Int64).alias(rank.name),
+                    pl.lit(eligible.height, dtype=pl.Int64).alias(rank.count_name)]
+    return eligible.select("subs_id", *columns)
 
 
 def _eligible(pack: RulePack) -> pl.Expr:
@@ -201,37 +209,48 @@ def _rank_columns(pack: RulePack) -> list[str]:
     return [name for rank in pack.ranks for name in (rank.name, rank.count_name)]
 
 
-def _with_ranks(pack: RulePack, frame: pl.LazyFrame, metrics: pl.DataFrame,
-                ranks: pl.DataFrame | None) -> pl.LazyFrame:
-    """`frame` with the rank columns joined by subs_id (null for subscribers not ranked)."""
+def _with_ranks(pack: RulePack, frame: pl.DataFrame, ranks: pl.DataFrame | None) -> pl.DataFrame:
+    """`frame` (with the eligibility and rank-key metrics) plus the rank columns, null where not ranked.
+
+    `ranks` None: ranked among the eligible rows of `frame`. Otherwise a rank table (or part of one) of a larger
+    population: when its rows are the eligible rows of `frame` in the same order (a shard of both, as
+    assign_tiers_sharded makes them) the columns are placed by position, else joined by subs_id."""
     if not pack.ranks:
         return frame
-    if ranks is None:
-        ranks = rank_table(pack, metrics)
-    missing = [c for c in ["subs_id", *_rank_columns(pack)] if c not in ranks.columns]
+    missing = [] if ranks is None else [c for c in ["subs_id", *_rank_columns(pack)] if c not in ranks.columns]
     if missing:
         raise ValueError(f"rank table lacks {', '.join(missing)} (pack {pack.name})")
-    table = ranks.lazy().select(pl.col("subs_id").cast(metrics.schema["subs_id"]), *_rank_columns(pack))
-    return frame.join(table, on="subs_id", how="left", validate="m:1", maintain_order="left")
+    eligible = frame.select(_eligible(pack)).to_series()
+    if ranks is None:
+        ranks = rank_table(pack, frame)
+    else:
+        ranks = ranks.with_columns(pl.col("subs_id").cast(frame.schema["subs_id"]))
+    if ranks.height == eligible.sum() and ranks["subs_id"].equals(frame["subs_id"].filter(eligible)):
+        at = pl.arg_where(eligible, eager=True)
+        return frame.with_columns(pl.repeat(None, frame.height, dtype=pl.Int64, eager=True)
+                                  .scatter(at, ranks[name]).alias(name) for name in _rank_columns(pack))
+    return frame.join(ranks.select("subs_id", *_rank_columns(pack)), on="subs_id", how="left", validate="m:1",
+                      maintain_order="left")
 
 
 def assign_tiers_sharded(pack: RulePack, metrics: pl.DataFrame, shards: int,
                          overrides: pl.DataFrame | None = None) -> pl.DataFrame:
     """assign_tiers over `shards` independent parts of the subscribers (by hash of subs_id), with the ranks
     computed once over everyone; the result equals assign_tiers(pack, metrics, overrides), row for row.
-    Each part is one call assign_tiers(pack, part, overrides, ranks=its part of rank_table): parts can run on
-    separate workers."""
+    Each part is one call assign_tiers(pack, part, overrides, ranks=part of rank_table): parts can run on
+    separate workers (any split works: a rank table not aligned with the part is joined by subs_id)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     shard_of = (pl.col("subs_id").hash(seed=0) % shards).alias("_shard")
     table = rank_table(pack, metrics) if pack.ranks else None
-    rank_parts = table.with_columns(shard_of).partition_by("_shard", as_dict=True) if table is not None else {}
+    parts = metrics.with_row_index("_row").with_columns(shard_of).partition_by(
+        "_shard", as_dict=True, maintain_order=True)
+    rank_parts = {} if table is None else table.with_columns(shard_of).partition_by(
+        "_shard", as_dict=True, maintain_order=True)
     results = []
-    for key, part in metrics.with_row_index("_row").with_columns(shard_of).partition_by(
-            "_shard", as_dict=True, maintain_order=True).items():
-        part_ranks = rank_parts.get(key, table.clear()) if table is not None else None
-        graded = assign_tiers(pack, part.drop("_row", "_shard"), overrides,
-                              None if part_ranks is None else part_ranks.drop("_shard", strict=False))
+    for key, part in parts.items():
+        part_ranks = None if table is None else rank_parts.get(key, table.clear()).drop("_shard", strict=False)
+        graded = assign_tiers(pack, part.drop("_row", "_shard"), overrides, part_ranks)
         results.append(graded.with_columns(part["_row"]))
     if not results:
         return assign_tiers(pack, metrics, overrides)
@@ -239,6 +258,8 @@ def assign_tiers_sharded(pack: RulePack, metrics: pl.DataFrame, shards: int,
 
 
 # --- tags and entitlements ------------------------------------------------------------------------------------
+# Lists are built from bit masks: a row's tags (or entitlements) are an Int64 with bit i for the i-th name in
+# pack order, and the few distinct masks are turned into lists once (building lists row by row is slow).
 
 def compute_tags(pack: RulePack, metrics: pl.DataFrame, assigned: pl.DataFrame,
                  ranks: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -250,16 +271,25 @@ def compute_tags(pack: RulePack, metrics: pl.DataFrame, assigned: pl.DataFrame,
     A tag with `assigning_rule_fails_with` holds only if the tier and reason are those of the first rule that
     matches the metrics (the rule that assigned the tier) and that rule would not match under the substitutes.
     """
-    needed = pack.tag_metrics()
-    _validate_metrics(pack, metrics, needed)
-    frame = assigned.lazy().select("subs_id", "tier", "reason", "eligible").join(
-        metrics.lazy().select("subs_id", *sorted(needed)), on="subs_id", how="left", validate="1:1",
-        maintain_order="left")
-    frame = _with_ranks(pack, frame, metrics, ranks)
-    rated = pl.col("eligible") & (pl.col("tier") != pl.lit(pack.unrated))
-    holds = [(name, rated & tag.condition.expr & _assigning_rule_fails(pack, tag.rule_fails))
-             for name, tag in pack.tags.items()]
-    return frame.select("subs_id", _names_where(holds).alias("tags")).collect()
+    needed = sorted(pack.tag_metrics())
+    _validate_metrics(pack, metrics, frozenset(needed))
+    result = assigned.select("subs_id", pl.col("tier").cast(pl.Enum(pack.tiers)), "reason", "eligible")
+    if result["subs_id"].equals(metrics["subs_id"]):  # assign_tiers keeps the order of metrics: no join
+        frame = result.hstack(metrics.select(needed))
+    else:
+        frame = result.join(metrics.select("subs_id", *needed), on="subs_id", how="left", validate="1:1",
+                            maintain_order="left")
+    frame = _with_ranks(pack, frame, ranks)
+    rated = pl.col("eligible") & (_tier_index() > 0)
+    mask = _mask([rated & tag.condition.expr & _assigning_rule_fails(pack, tag.rule_fails)
+                  for tag in pack.tags.values()])
+    tagged = frame.lazy().select("subs_id", mask.alias("_mask")).collect()
+    return _with_names(tagged, "_mask", list(pack.tags), "tags").select("subs_id", "tags")
+
+
+def _tier_index(column: str = "tier") -> pl.Expr:
+    """Index of the tier in pack order, from a column of the pack's tier Enum."""
+    return pl.col(column).to_physical().cast(pl.Int64)
 
 
 def _assigning_rule_fails(pack: RulePack, rule_fails) -> pl.Expr:
@@ -268,57 +298,113 @@ def _assigning_rule_fails(pack: RulePack, rule_fails) -> pl.Expr:
     if rule_fails is None:
         return pl.lit(True)
     position = _first_rule(pack)
-    rule_tier = _lookup([r.tier for r in pack.rules] + [None], position, pl.String)
+    rule_tier = _lookup([pack.tier_index(r.tier) for r in pack.rules] + [None], position, pl.Int64)
     rule_reason = _lookup([r.reason for r in pack.rules] + [None], position, pl.String)
     fails = pl.lit(False)
     for i, fails_here in enumerate(rule_fails):
         if fails_here is not None:  # `otherwise` always matches: it cannot fail
             fails = pl.when(position == i).then(fails_here).otherwise(fails)
-    return (pl.col("tier") == rule_tier) & (pl.col("reason") == rule_reason) & fails
+    return (_tier_index() == rule_tier) & (pl.col("reason") == rule_reason) & fails
 
 
-def _names_where(pairs: list[tuple[str, pl.Expr]]) -> pl.Expr:
-    """A List[String] of the names whose condition holds, in the given order (null conditions count false)."""
-    if not pairs:
-        return pl.lit([], dtype=pl.List(pl.String))  # broadcast to every row by the select
-    return pl.concat_list([pl.when(cond).then(pl.lit(name, dtype=pl.String)) for name, cond in pairs]
-                          ).list.drop_nulls()
+def _mask(flags: list[pl.Expr]) -> pl.Expr:
+    """Int64 with bit i set where flags[i] holds (null counts as false)."""
+    bits = [pl.when(flag).then(pl.lit(1 << i, dtype=pl.Int64)).otherwise(pl.lit(0, dtype=pl.Int64))
+            for i, flag in enumerate(flags)]
+    return pl.sum_horizontal(bits) if bits else pl.lit(0, dtype=pl.Int64)
 
 
-def _entitlement_flags(pack: RulePack, frame: pl.DataFrame, prefix: str) -> pl.LazyFrame:
-    """subs_id and one Boolean column `<prefix><i>` per entitlement of the pack (i in pack order)."""
+def _names(mask: int, names: list[str]) -> list[str]:
+    return [name for i, name in enumerate(names) if mask >> i & 1]
+
+
+def _with_names(frame: pl.DataFrame, mask_column: str, names: list[str], alias: str) -> pl.DataFrame:
+    """`frame` plus `alias`: the List[String] of the names whose bit is set in `mask_column`, in order."""
+    masks = frame[mask_column].unique().sort().to_list()
+    lookup = pl.DataFrame({mask_column: masks, alias: [_names(m, names) for m in masks]},
+                          schema={mask_column: pl.Int64, alias: pl.List(pl.String)})
+    return frame.join(lookup, on=mask_column, how="left", maintain_order="left")
+
+
+def _entitlement_keys(pack: RulePack, frame: pl.DataFrame) -> pl.DataFrame:
+    """subs_id and `_key`: what entitlements depend on, tier index * 2^tags + tag mask (tags of other packs
+    ignored), so that conditions are evaluated once per distinct key instead of once per row."""
     missing = [c for c in ("subs_id", "tier", "tags") if c not in frame.columns]
     if missing:
         raise ValueError(f"entitlements need subs_id, tier, tags; missing {', '.join(missing)}")
-    tags = pl.col("tags").fill_null(pl.lit([], dtype=pl.List(pl.String)))
-    return (frame.lazy().select("subs_id", "tier", "tags")
-            .with_columns(**{name: tags.list.contains(name) for name in pack.tags})
-            .select("subs_id", *[c.expr.fill_null(False).alias(f"{prefix}{i}")
-                                 for i, c in enumerate(pack.entitlements.values())]))
+    bits = {name: 1 << i for i, name in enumerate(pack.tags)}
+    tag_mask = (pl.col("tags").list.eval(pl.element().replace_strict(bits, default=0, return_dtype=pl.Int64))
+                .list.unique().list.sum().fill_null(0)) if bits else pl.lit(0, dtype=pl.Int64)
+    tier = pl.col("tier").cast(pl.Enum(pack.tiers)).to_physical().cast(pl.Int64)
+    return frame.lazy().select("subs_id", (tier * (1 << len(pack.tags)) + tag_mask).alias("_key")).collect()
+
+
+def _entitlement_lookup(pack: RulePack, keys: pl.Series, names: list[str]) -> pl.DataFrame:
+    """_key -> `_ent`: the mask (over `names`) of the entitlements of each distinct key; a null key (no tier)
+    has none."""
+    shift = len(pack.tags)
+    small = pl.DataFrame({"_key": keys.unique()}, schema={"_key": pl.Int64}).drop_nulls()
+    tier = _lookup(list(pack.tiers), pl.col("_key") // (1 << shift), pl.String)
+    tags = {name: (pl.col("_key") % (1 << shift)) // (1 << i) % 2 == 1 for i, name in enumerate(pack.tags)}
+    flags = [pack.entitlements[n].expr if n in pack.entitlements else pl.lit(False) for n in names]
+    return small.with_columns(tier=tier, **tags).select("_key", _mask(flags).alias("_ent"))
 
 
 def entitlements(pack: RulePack, frame: pl.DataFrame) -> pl.DataFrame:
     """subs_id, entitlements (List[String], in pack order) for every row of `frame` (subs_id, tier, tags)."""
     names = list(pack.entitlements)
-    return (_entitlement_flags(pack, frame, "e")
-            .select("subs_id", _names_where([(n, pl.col(f"e{i}")) for i, n in enumerate(names)])
-                    .alias("entitlements"))
-            .collect())
+    keys = _entitlement_keys(pack, frame)
+    lookup = _with_names(_entitlement_lookup(pack, keys["_key"], names), "_ent", names, "entitlements")
+    return keys.join(lookup.select("_key", "entitlements"), on="_key", how="left", maintain_order="left").select(
+        "subs_id", pl.col("entitlements").fill_null(pl.lit([], dtype=pl.List(pl.String))))
 
 
-def entitlement_changes(pack: RulePack, previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-    """subs_id, entitlements_gained, entitlements_lost (List[String], pack order) of every subscriber whose
-    entitlements differ between `previous` and `current` (each subs_id, tier, tags); a subscriber missing on
-    one side has no entitlements there. Sorted by subs_id; subscribers without a change have no row."""
-    names = list(pack.entitlements)
-    prev = _entitlement_flags(pack, previous, "p")
-    cur = _entitlement_flags(pack, current.with_columns(pl.col("subs_id").cast(previous.schema["subs_id"])), "c")
-    had = [pl.col(f"p{i}").fill_null(False) for i in range(len(names))]
-    has = [pl.col(f"c{i}").fill_null(False) for i in range(len(names))]
-    return (prev.join(cur, on="subs_id", how="full", coalesce=True, validate="1:1")
-            .select("subs_id",
-                    _names_where([(n, has[i] & ~had[i]) for i, n in enumerate(names)]).alias("entitlements_gained"),
-                    _names_where([(n, had[i] & ~has[i]) for i, n in enumerate(names)]).alias("entitlements_lost"))
-            .filter((pl.col("entitlements_gained").list.len() > 0) | (pl.col("entitlements_lost").list.len() > 0))
-            .sort("subs_id")
-            .collect())
+def _paired(prev: pl.DataFrame, cur: pl.DataFrame) -> pl.DataFrame:
+    """subs_id, _prev, _cur: the `_key` of each subscriber on each side (null where absent).
+    Both sides sorted by subs_id (as the monthly frames are): one linear merge, pairing equal neighbours;
+    otherwise a hash join. Each side must have one row per subscriber."""
+    if not (prev["subs_id"].is_sorted() and cur["subs_id"].is_sorted()):
+        return prev.rename({"_key": "_prev"}).join(cur.rename({"_key": "_cur"}), on="subs_id", how="full",
+                                                   coalesce=True, validate="1:1")
+    merged = (prev.with_columns(pl.col("subs_id").set_sorted(), _side=pl.lit(0, dtype=pl.Int8))
+              .merge_sorted(cur.with_columns(pl.col("subs_id").set_sorted(), _side=pl.lit(1, dtype=pl.Int8)),
+                            key="subs_id"))
+    same_as_next = (pl.col("subs_id") == pl.col("subs_id").shift(-1)).fill_null(False)
+    same_as_last = (pl.col("subs_id") == pl.col("subs_id").shift(1)).fill_null(False)
+    merged = merged.with_columns(_next=same_as_next, _last=same_as_last, _next_key=pl.col("_key").shift(-1),
+                                 _next_side=pl.col("_side").shift(-1))
+    if merged.select((pl.col("_next") & (pl.col("_next_side") == pl.col("_side"))).any()).item():
+        raise ValueError("more than one row for a subscriber on one side of entitlement_changes")
+    side, key, other = pl.col("_side"), pl.col("_key"), pl.col("_next_key")
+    return merged.filter(~pl.col("_last")).select(
+        "subs_id",
+        _prev=pl.when(side == 0).then(key).when(pl.col("_next")).then(other),
+        _cur=pl.when(side == 1).then(key).when(pl.col("_next")).then(other))
+
+
+def entitlement_changes(pack: RulePack, previous: pl.DataFrame, current: pl.DataFrame,
+                        previous_pack: RulePack | None = None) -> pl.DataFrame:
+    """subs_id, entitlements_gained, entitlements_lost (List[String]) of every subscriber whose entitlements
+    differ between `previous` and `current` (each subs_id, tier, tags); a subscriber missing on one side has no
+    entitlements there. `previous_pack` (default `pack`) reads `previous` when the pack changed between the
+    months. Names in pack order (then names only the previous pack had); sorted by subs_id; no row without a
+    change."""
+    old_pack = previous_pack or pack
+    names = list(pack.entitlements) + [n for n in old_pack.entitlements if n not in pack.entitlements]
+    prev = _entitlement_keys(old_pack, previous)
+    cur = _entitlement_keys(pack, current.with_columns(pl.col("subs_id").cast(previous.schema["subs_id"])))
+    pairs = _paired(prev, cur)
+    if old_pack is pack:  # same key, same entitlements: only changed keys need a look
+        pairs = pairs.filter(pl.col("_prev").ne_missing(pl.col("_cur")))
+    before = _entitlement_lookup(old_pack, pairs["_prev"], names).rename({"_key": "_prev", "_ent": "_had"})
+    after = _entitlement_lookup(pack, pairs["_cur"], names).rename({"_key": "_cur", "_ent": "_has"})
+    distinct = (pairs.select("_prev", "_cur").unique()
+                .join(before, on="_prev", how="left").join(after, on="_cur", how="left")
+                .with_columns(pl.col("_had", "_has").fill_null(0))
+                .with_columns(_gained=pl.col("_has") & ~pl.col("_had"), _lost=pl.col("_had") & ~pl.col("_has"))
+                .filter((pl.col("_gained") != 0) | (pl.col("_lost") != 0)))
+    distinct = _with_names(_with_names(distinct, "_gained", names, "entitlements_gained"),
+                           "_lost", names, "entitlements_lost")
+    return (pairs.join(distinct, on=["_prev", "_cur"], how="inner", nulls_equal=True)
+            .select("subs_id", "entitlements_gained", "entitlements_lost")
+            .sort("subs_id"))

@@ -81,7 +81,8 @@ METRIC_CATALOGUE: dict[str, str] = {
 # Names available to tags besides metrics: the graded result of the subscriber.
 RESULT_TYPES = {"tier": "tier", "reason": "str"}
 OTHERWISE = "otherwise"
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TAGS, MAX_ENTITLEMENTS, MAX_TIERS = 48, 62, 64
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a leading _ is kept for the engine's own columns
 _RESERVED = {"and", "or", "not", "true", "false", OTHERWISE, "NONE", *FUNCTIONS, *RESULT_TYPES}
 _FRAME_COLUMNS = {"subs_id", "tags", "eligible", "protected", "computed_tier"}  # columns next to tags
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
@@ -467,6 +468,8 @@ class _Loader:
             labels[code] = label or code
         if len(codes) < 2:
             self.fail(node, "a pack needs the unrated tier and at least one rated tier")
+        if len(codes) > MAX_TIERS:
+            self.fail(node, f"a pack has at most {MAX_TIERS} tiers, found {len(codes)}")
         return tuple(codes), labels
 
     def load_derived(self, node) -> dict[str, Derived]:
@@ -595,6 +598,8 @@ class _Loader:
                 rule_fails = tuple(None if r.condition is None else ~compile_bool(
                     r.condition.node, self.types, self.tiers, self.derived_nodes, compiled) for r in rules)
             result[name] = Tag(name, condition, substitutes, rule_fails, frozenset(metrics))
+        if len(result) > MAX_TAGS:  # the engine packs a row's tags and tier into one Int64
+            self.fail(node, f"a pack has at most {MAX_TAGS} tags, found {len(result)}")
         return result
 
     def load_entitlements(self, node, tags: dict[str, Tag]) -> dict[str, Condition]:
@@ -604,6 +609,8 @@ class _Loader:
             if not _IDENT.fullmatch(name) or name in _RESERVED:
                 self.fail(key, f"entitlement {name!r} is not a valid name")
             result[name] = self.condition(value, f"entitlement {name}", types)
+        if len(result) > MAX_ENTITLEMENTS:  # a row's entitlements are one Int64 bit mask
+            self.fail(node, f"a pack has at most {MAX_ENTITLEMENTS} entitlements, found {len(result)}")
         return result
 
     def load_month(self, node) -> Month:

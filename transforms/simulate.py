@@ -21,7 +21,7 @@ import polars as pl
 
 from transforms.calendar import Month
 from transforms.grading import apply_protection, assign_tiers, compute_tags, entitlements
-from transforms.monthly import _spell_start, active_overrides, grading_metrics, is_up_to_date
+from transforms.monthly import _spell_start, active_overrides, grading_metrics, is_current
 from transforms.rulepack import RulePack, load_pack
 from transforms.warehouse import first_row, snapshot_date_for
 
@@ -63,7 +63,7 @@ def official_pack_version(con: duckdb.DuckDBPyConnection, month: Month) -> tuple
         why = "was never processed" if row is None else "was processed without tiers (incomplete BILL window)"
         raise SimulationError(f"{month} has not been graded officially ({why}): run "
                               f"`tierflow monthly --month {month}` first")
-    if not is_up_to_date(con, month, row[2]):
+    if not is_current(con, month, row[2]):
         raise SimulationError(f"the official grading of {month} is stale (its inputs changed since): run "
                               f"`tierflow backfill --start {month} --end {month}` first")
     return row[1], row[2]
