@@ -160,10 +160,6 @@ def test_raw_override_keeps_every_delivered_record_with_its_approver(home):
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="monthly.active_overrides reads overrides delivered after M "
-                                       "(input_files/fingerprint only count OVERRIDE deliveries dated <= M's "
-                                       "last day): regrading July after 2026-08-05 changes R and N although "
-                                       "July's fingerprint is unchanged")
 def test_regrading_a_month_gives_the_same_tiers_as_its_timely_run(home, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(home, copy)

@@ -17,7 +17,8 @@ import polars as pl
 from transforms.calendar import Month
 from transforms.channels import (CHANGES, POINTS, Channel, OutFile, by_feed, points_expiring, render_month,
                                  render_points_expiry)
-from transforms.grading import apply_protection, assign_tiers
+from transforms.grading import (apply_protection, assign_tiers, compute_tags, entitlement_changes,
+                                rank_table)
 from transforms.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
 from transforms.points import apply_points_month
 from transforms.quality import gate_breaker, gate_grading_inputs, gate_outputs
@@ -363,21 +364,25 @@ def active_overrides(con, month: Month) -> pl.DataFrame:
         WITH latest AS (
             SELECT o.*, d.day FROM raw.override o
             JOIN ops.delivery d ON d.file_name = o.file_name AND d.status = 'LOADED'
+             AND d.period <= strftime($last_day, '%Y%m%d')  -- what was delivered by M's end (the fingerprint's set)
             QUALIFY row_number() OVER (PARTITION BY override_id ORDER BY d.day DESC, o.file_name DESC,
                                        o.line_no DESC) = 1)
         SELECT subs_id, tier FROM latest
         WHERE tier <> 'NONE' AND from_month <= $m AND to_month >= $m
         QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY day DESC, override_id DESC) = 1
-        ORDER BY subs_id""", params={"m": month.first_day}).pl()
+        ORDER BY subs_id""", params={"m": month.first_day, "last_day": month.last_day}).pl()
 
 
 def grade(con, month: Month, pack: RulePack, snapshot) -> MonthlyResult:
-    metrics = grading_metrics(con, month, snapshot)
-    assigned = assign_tiers(pack, metrics, active_overrides(con, month))
-    previous = _spell_start(con, month)
-    assigned = apply_protection(assigned, previous, month, pack.tiers, pack.protection_months)
+    metrics = grading_metrics(con, month, snapshot)  # sorted by subs_id: the engine's fast paths rely on it
+    ranks = rank_table(pack, metrics) if pack.ranks else None
+    assigned = assign_tiers(pack, metrics, active_overrides(con, month), ranks=ranks)
+    assigned = apply_protection(assigned, _spell_start(con, month), month, list(pack.tiers),
+                                pack.protection_months)
+    assigned = assigned.with_columns(compute_tags(pack, metrics, assigned, ranks=ranks)["tags"])
     _write_tier_assignment(con, month, pack, metrics, assigned)
-    changes = write_grade_change(con, month, pack.tiers)
+    write_grade_change(con, month, list(pack.tiers))
+    _write_entitlement_changes(con, month, pack, assigned)
     rebuild_tier_history(con, month)
     rebuild_tier_current(con)
     write_tier_summary(con, month)
@@ -386,6 +391,20 @@ def grade(con, month: Month, pack: RulePack, snapshot) -> MonthlyResult:
     tiers = dict(con.execute("SELECT tier, count(*) FROM mart.tier_assignment WHERE grade_month = ? "
                              "GROUP BY ALL", [month.first_day]).fetchall())
     return MonthlyResult(month, graded=True, subscribers=metrics.height, changes=counts, tiers=tiers)
+
+
+def _write_entitlement_changes(con, month: Month, pack: RulePack, assigned: pl.DataFrame) -> None:
+    """Fills entitlements_gained / _lost of M's grade_change rows from the tiers and tags of M-1 and M."""
+    previous = con.sql("SELECT subs_id, tier, tags FROM mart.tier_assignment WHERE grade_month = $prev "
+                       "ORDER BY subs_id", params={"prev": (month - 1).first_day}).pl()
+    changes = entitlement_changes(pack, previous, assigned.select("subs_id", "tier", "tags"))
+    con.register("entitlement_changes", changes)
+    con.execute("""
+        UPDATE mart.grade_change g
+        SET entitlements_gained = e.entitlements_gained, entitlements_lost = e.entitlements_lost
+        FROM entitlement_changes e WHERE g.grade_month = $m AND g.subs_id = e.subs_id""",
+                {"m": month.first_day})
+    con.unregister("entitlement_changes")
 
 
 def _spell_start(con, month: Month) -> pl.DataFrame:
@@ -405,6 +424,6 @@ def _write_tier_assignment(con, month: Month, pack: RulePack, metrics: pl.DataFr
     con.execute("""
         INSERT INTO mart.tier_assignment
         SELECT $m, subs_id, tier, reason, computed_tier, protected, sum6_fen, tenure_months, prior_year_points,
-               susp12, []::VARCHAR[], $version, region_code
+               susp12, tags, $version, region_code
         FROM assigned ORDER BY subs_id""", {"m": month.first_day, "version": pack.version})
     con.unregister("assigned")
