@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from flows.rules_cli import pack_for_month, pack_path
 from transforms.backfill import plan_backfill
 from transforms.calendar import Month, parse_day
 from transforms.ingest import (DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures,
@@ -23,11 +24,10 @@ from transforms.monthly import (MonthlyError, MonthlyOptions, input_files, is_up
                                 run_monthly)
 from transforms.publish import publish
 from transforms.quality import GateFailed
-from transforms.rulepack import RulePack, load_pack
+from transforms.rulepack import PackError, RulePack, load_pack
 from transforms.runlock import writer_lock
 from transforms.warehouse import connect
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 DEFAULT_PACK = "six-star"
 
 
@@ -39,15 +39,13 @@ def progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def resolve_pack(rules: str | None) -> RulePack:
-    """A pack by name (rules/<name>.yaml) or by path."""
+def resolve_pack(rules: str | None, month: Month | None = None) -> RulePack:
+    """A pack by path, or by name (default six-star): the version in force for the grading month."""
     name = rules or DEFAULT_PACK
-    path = Path(name)
-    if not path.suffix:
-        path = RULES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise RunFailed(f"rule pack {name!r} not found (looked for {path})")
-    return load_pack(path)
+    try:
+        return pack_for_month(name, month) if month is not None else load_pack(pack_path(name))
+    except FileNotFoundError as exc:
+        raise RunFailed(str(exc)) from None
 
 
 @task(name="ingest-deliveries")
@@ -82,6 +80,14 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         con.close()
 
 
+def _version_in_force(rules: str | None, month: Month) -> str | None:
+    """The pack version in force for a month, or None before the pack's first version."""
+    try:
+        return resolve_pack(rules, month).version
+    except PackError:
+        return None
+
+
 def _nightly_lost_notices(con, home: str, results) -> list[dict]:
     """LOST notices for rated subscribers cancelled in (or gone from) a snapshot loaded by this run."""
     channels = load_channels(DEFAULT_CHANNELS)
@@ -97,8 +103,8 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
                 accept_reason: str | None = None) -> str:
     """The monthly run of one month, validated before it commits, then its channel files; with only_if_stale,
     skips a month already up to date. accept_reason: the operator accepts a tripped circuit breaker."""
-    pack = resolve_pack(rules)
     target = Month.parse(month)
+    pack = resolve_pack(rules, target)
     con = connect(Path(home))
     try:
         if only_if_stale and is_up_to_date(con, target, pack.version):
@@ -106,7 +112,8 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
         started = time.monotonic()
         options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels(DEFAULT_CHANNELS)),
-                                 accept_mass_change=accept_reason is not None)
+                                 accept_mass_change=accept_reason is not None,
+                                 previous_pack_version=_version_in_force(rules, target - 1))
         accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
         try:
             result = run_monthly(con, target, pack, run_id, options)

@@ -39,6 +39,7 @@ class MonthlyOptions:
     results_dir: Path | None = None        # where GE validation results are kept
     channels: tuple[Channel, ...] = ()     # channel configuration; empty = render no channel files
     accept_mass_change: bool = False       # the operator accepted a tripped circuit breaker
+    previous_pack_version: str | None = None  # pack version in force for M-1 (default: M's pack)
 
 
 @dataclass
@@ -129,8 +130,9 @@ def stale_months(con) -> list[Month]:
     return [Month.of(m) for m, version in rows if not is_current(con, Month.of(m), version)]
 
 
-def check_ordering(con, month: Month, pack: RulePack) -> None:
-    """M-1 must be processed and up to date unless M is the first month ever processed."""
+def check_ordering(con, month: Month, previous_pack_version: str) -> None:
+    """M-1 must be processed, with the pack version in force for it, and current, unless M is the first
+    month ever processed."""
     earlier = scalar(con, "SELECT count(*) FROM ops.month_state WHERE month < ?", [month.first_day])
     if not earlier:
         return
@@ -138,7 +140,7 @@ def check_ordering(con, month: Month, pack: RulePack) -> None:
     if scalar(con, "SELECT count(*) FROM ops.month_state WHERE month = ?", [prev.first_day]) == 0:
         raise MonthlyError(f"{prev} has not been processed: run `tierflow monthly --month {prev}` "
                            f"or `tierflow backfill --start {prev} --end {month}` first")
-    if not is_current(con, prev, pack.version):
+    if not is_current(con, prev, previous_pack_version):
         raise MonthlyError(f"{prev} is stale (its inputs or rule pack changed): run "
                            f"`tierflow backfill --start {prev} --end {month}`")
 
@@ -155,7 +157,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     if snapshot is None or snapshot < month.first_day:
         found = f"the latest is {snapshot:%Y%m%d}" if snapshot else "none is loaded"
         raise MonthlyError(f"no ACCT snapshot dated in {month} ({found})")
-    check_ordering(con, month, pack)
+    check_ordering(con, month, options.previous_pack_version or pack.version)
     complete = window_complete(con, month)
     with transaction(con):
         aggregate_subscriber_month(con, month, complete)
