@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import Sub, deliver
-from tests.test_monthly_golden import ACCEPT, JAN, JUL, PACK, build
-from transforms.calendar import month_range
+from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
 from transforms.channels import (DEFAULT_CONFIG, ChannelConfigError, ChannelError, OutFile, count_mismatches,
                                  load_channels, points_expiring, render_month, render_nightly_lost,
                                  render_points_expiry, write_outbox)
@@ -49,12 +48,7 @@ CHANGES = [("B", "STAR4", "STAR5", "UPGRADE"), ("D", "STAR6", "STAR1", "DOWNGRAD
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     home = tmp_path_factory.mktemp("channels")
-    build(home)
-    con = connect(home)
-    for d in scan_landing(home).delivered:
-        assert ingest_delivery(con, home, d, "test").status == "LOADED"
-    for m in month_range(JAN, JUL):
-        run_monthly(con, m, PACK, "test", ACCEPT)
+    con, _ = graded_golden(home)
     yield home, con
     con.close()
 

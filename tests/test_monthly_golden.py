@@ -72,14 +72,18 @@ def build(home: Path) -> None:
     deliver(home, "20260710", "REDEEM_20260710.dat", ["R1|A|20260710120000|100|APP"], encoding="UTF-8")
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    home = tmp_path_factory.mktemp("golden")
+def graded_golden(home: Path):
+    """Builds the scenario in home, loads every delivery and runs 2026-01..07; returns (con, results)."""
     build(home)
     con = connect(home)
     for d in scan_landing(home).delivered:
         assert ingest_delivery(con, home, d, "test").status == "LOADED"
-    results = {m: run_monthly(con, m, PACK, "test", ACCEPT) for m in month_range(JAN, JUL)}
+    return con, {m: run_monthly(con, m, PACK, "test", ACCEPT) for m in month_range(JAN, JUL)}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    con, results = graded_golden(tmp_path_factory.mktemp("golden"))
     yield con, results
     con.close()
 

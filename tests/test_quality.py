@@ -12,10 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.test_monthly_golden import ACCEPT, JAN, JUL, JUN, PACK, build
-from transforms.calendar import month_range
-from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import aggregate_subscriber_month, run_monthly
+from tests.test_monthly_golden import JAN, JUL, JUN, PACK, graded_golden
+from transforms.monthly import aggregate_subscriber_month
 from transforms.quality import (GateFailed, gate_breaker, gate_grading_inputs, gate_outputs, gate_raw_file,
                                 outputs_frame, run_suite, substitute)
 from transforms.warehouse import connect
@@ -28,12 +26,7 @@ CHANNELS = {"boss": 5, "crm": 5, "sms": (2, ["UPGRADE"])}   # July: 5 changes, 2
 @pytest.fixture(scope="module")
 def con(tmp_path_factory):
     home = tmp_path_factory.mktemp("quality")
-    build(home)
-    con = connect(home)
-    for d in scan_landing(home).delivered:
-        assert ingest_delivery(con, home, d, "test").status == "LOADED"
-    for m in month_range(JAN, JUL):
-        run_monthly(con, m, PACK, "test", ACCEPT)
+    con, _ = graded_golden(home)
     yield con
     con.close()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from transforms.calendar import Month, parse_day
+from transforms.calendar import parse_day
 from transforms.control import FileRejected, read_control, verify_control
 from transforms.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
 from transforms.quality import GateFailed, gate_raw_file
