@@ -90,10 +90,12 @@ def _version_in_force(rules: str | None, month: Month) -> str | None:
 
 def _nightly_lost_notices(con, home: str, results) -> list[dict]:
     """LOST notices for rated subscribers cancelled in (or gone from) a snapshot loaded by this run."""
+    snapshot_days = [r.day for r in results if r.status == "LOADED" and r.file_name.startswith("ACCT_")]
+    if not snapshot_days:
+        return []
     channels = load_channels(DEFAULT_CHANNELS)
     unrated = resolve_pack(None).unrated
-    files = [f for r in results if r.status == "LOADED" and r.file_name.startswith("ACCT_")
-             for f in render_nightly_lost(con, r.day, channels, unrated)]
+    files = [f for day in snapshot_days for f in render_nightly_lost(con, day, channels, unrated)]
     write_outbox(Path(home), files)
     return [{"file": f.relpath, "records": f.records, "md5": f.md5} for f in files]
 
