@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from flows.rules_cli import cmd_rules, cmd_simulate
-from transforms.calendar import Month, parse_day
+from transforms.core.calendar import Month, parse_day
 
 # Prefect's per-task INFO logs drown the progress lines; operators can lower it again with the env variable.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_generate(args, home: Path) -> int:
-    from transforms.generate import generate_province
+    from transforms.synth.generate import generate_province
     summary = generate_province(home, args.subscribers, Month.parse(args.start), args.months, args.seed,
                                 progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"wrote {summary['files']} files for {summary['subscribers']:,} subscribers x {summary['months']} "
@@ -144,8 +144,8 @@ def cmd_backfill(args, home: Path) -> int:
 
 
 def cmd_status(args, home: Path) -> int:
-    from transforms.status import status_report
-    from transforms.warehouse import connect, warehouse_path
+    from transforms.report.status import status_report
+    from transforms.warehouse.db import connect, warehouse_path
     con = connect(home, read_only=True) if warehouse_path(home).exists() else None
     try:
         print("\n".join(status_report(con, home)))

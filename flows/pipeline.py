@@ -12,24 +12,20 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.rules_cli import pack_for_month, pack_path
-from transforms.backfill import plan_backfill
-from transforms.calendar import Month, parse_day
-from transforms.ingest import (DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures,
+from transforms.runs.backfill import plan_backfill
+from transforms.core.calendar import Month, parse_day
+from transforms.ingest.load import (DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures,
                                scan_landing)
-from transforms.ledger import finish_run, start_run
-from transforms.channels import DEFAULT_CONFIG as DEFAULT_CHANNELS
-from transforms.channels import load_channels, render_nightly_lost, write_outbox
-from transforms.monthly import (MonthlyError, MonthlyOptions, input_files, is_up_to_date, mark_delivered,
+from transforms.runs.ledger import finish_run, start_run
+from transforms.deliver.channels import load_channels, render_nightly_lost, write_outbox
+from transforms.runs.monthly import (MonthlyError, MonthlyOptions, input_files, is_up_to_date, mark_delivered,
                                 run_monthly)
-from transforms.publish import publish
-from transforms.quality import GateFailed
-from transforms.rulepack import PackError, RulePack, load_pack
-from transforms.runlock import writer_lock
-from transforms.warehouse import connect
-
-DEFAULT_PACK = "six-star"
-
+from transforms.runs.publish import publish
+from transforms.quality.gates import GateFailed
+from transforms.grade.packs import pack_for_month
+from transforms.grade.rulepack import PackError, RulePack
+from transforms.runs.lock import writer_lock
+from transforms.warehouse.db import connect
 
 class RunFailed(Exception):
     """A run stopped on purpose; the message is the one-line cause for the operator."""
@@ -41,10 +37,9 @@ def progress(line: str) -> None:
 
 def resolve_pack(rules: str | None, month: Month | None = None) -> RulePack:
     """A pack by path, or by name (default six-star): the version in force for the grading month."""
-    name = rules or DEFAULT_PACK
     try:
-        return pack_for_month(name, month) if month is not None else load_pack(pack_path(name))
-    except FileNotFoundError as exc:
+        return pack_for_month(rules, month)
+    except PackError as exc:
         raise RunFailed(str(exc)) from None
 
 
@@ -83,7 +78,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
 def _version_in_force(rules: str | None, month: Month) -> str | None:
     """The pack version in force for a month, or None before the pack's first version."""
     try:
-        return resolve_pack(rules, month).version
+        return pack_for_month(rules, month).version
     except PackError:
         return None
 
@@ -93,7 +88,7 @@ def _nightly_lost_notices(con, home: str, results) -> list[dict]:
     snapshot_days = [r.day for r in results if r.status == "LOADED" and r.file_name.startswith("ACCT_")]
     if not snapshot_days:
         return []
-    channels = load_channels(DEFAULT_CHANNELS)
+    channels = load_channels()
     unrated = resolve_pack(None).unrated
     files = [f for day in snapshot_days for f in render_nightly_lost(con, day, channels, unrated)]
     write_outbox(Path(home), files)
@@ -113,7 +108,7 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
             return f"{target}: up to date"
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
         started = time.monotonic()
-        options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels(DEFAULT_CHANNELS)),
+        options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
                                  accept_mass_change=accept_reason is not None,
                                  previous_pack_version=_version_in_force(rules, target - 1))
         accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}

@@ -6,27 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-
-
-def pack_path(rules: str) -> Path:
-    """A pack by path, or by name in rules/ (as `tierflow monthly --rules`)."""
-    path = Path(rules)
-    if not path.suffix:
-        path = RULES_DIR / f"{rules}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"rule pack {rules!r} not found (looked for {path})")
-    return path
-
-
-def pack_for_month(rules: str, month):
-    """A pack file by path, or by name: the version of rules/<name>[@YYYY-MM].yaml in force for the month."""
-    from transforms.rulepack import load_pack, pack_in_force
-    return load_pack(pack_path(rules)) if Path(rules).suffix else pack_in_force(RULES_DIR, rules, month)
-
 
 def cmd_rules(args, home: Path) -> int:
-    from transforms.rulepack import PackError, load_pack
+    from transforms.grade.packs import pack_path
+    from transforms.grade.rulepack import PackError, load_pack
     try:
         pack = load_pack(pack_path(args.file))
     except PackError as exc:  # already "<file>:<line>: <message>", the form editors jump to
@@ -93,10 +76,12 @@ def _decimal(k) -> str:
 
 
 def cmd_simulate(args, home: Path) -> int:
-    from transforms.calendar import Month
-    from transforms.simulate import (SimulationError, default_directory, find_pack_by_version,
+    from transforms.core.calendar import Month
+    from transforms.core.resources import rules_dir
+    from transforms.grade.packs import find_pack_by_version, pack_for_month
+    from transforms.runs.simulate import (SimulationError, default_directory,
                                      official_pack_version, simulate, text_report, write_simulation)
-    from transforms.warehouse import connect, warehouse_path
+    from transforms.warehouse.db import connect, warehouse_path
 
     month = Month.parse(args.month)
     candidate = pack_for_month(args.rules, month)
@@ -106,10 +91,10 @@ def cmd_simulate(args, home: Path) -> int:
     try:
         name, version = official_pack_version(con, month)
         official = (pack_for_month(args.official, month) if args.official
-                    else find_pack_by_version(version, [RULES_DIR, Path(candidate.source).parent]))
+                    else find_pack_by_version(version, [rules_dir(), Path(candidate.source).parent]))
         if official is None:
             raise SimulationError(f"{month} was graded with pack {name} version {version}, which is not in "
-                                  f"{RULES_DIR}: pass that pack file with --official")
+                                  f"{rules_dir()}: pass that pack file with --official")
         sim = simulate(con, month, candidate, official)
     finally:
         con.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from transforms.calendar import Month
-from transforms.control import encode_records, write_delivery
+from transforms.core.calendar import Month
+from transforms.ingest.control import encode_records, write_delivery
 
 
 def deliver(home: Path, day: str, file_name: str, lines: list[str], encoding: str = "GBK") -> Path:

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from transforms.backfill import BackfillError, plan_backfill
-from transforms.calendar import Month
-from transforms.extracts import parse_extract_name
-from transforms.ingest import Delivery, LandingScan
+from transforms.runs.backfill import BackfillError, plan_backfill
+from transforms.core.calendar import Month
+from transforms.ingest.extracts import parse_extract_name
+from transforms.ingest.load import Delivery, LandingScan
 
 
 def scan(*files: tuple[str, str]) -> LandingScan:

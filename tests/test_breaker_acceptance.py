@@ -19,7 +19,7 @@ def test_mass_change_blocked_then_accepted_with_a_reason(tmp_path):
     assert not (tmp_path / "outbox" / "boss" / "202607").exists()   # nothing written for a failed run
     line = grade_month.fn(str(tmp_path), "2026-07", accept_reason="designation review, approved by ops")
     assert line.startswith("2026-07: graded 14 subscribers")  # S(July): 15 less G
-    from transforms.warehouse import connect
+    from transforms.warehouse.db import connect
     con = connect(tmp_path)
     rows = con.execute("SELECT status, checks FROM ops.run_ledger WHERE flow = 'monthly' AND period = '2026-07' "
                        "ORDER BY started_at").fetchall()

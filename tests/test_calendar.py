@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from transforms.calendar import Month, month_range, parse_day
+from transforms.core.calendar import Month, month_range, parse_day
 
 
 def test_month_arithmetic_crosses_years():

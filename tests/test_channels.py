@@ -12,16 +12,17 @@ import pytest
 
 from tests.builders import Sub, deliver
 from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
-from transforms.channels import (DEFAULT_CONFIG, ChannelConfigError, ChannelError, OutFile, count_mismatches,
+from transforms.core.resources import channels_config
+from transforms.deliver.channels import (ChannelConfigError, ChannelError, OutFile, count_mismatches,
                                  load_channels, points_expiring, render_month, render_nightly_lost,
                                  render_points_expiry, write_outbox)
-from transforms.control import read_control, verify_control
-from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import run_monthly
-from transforms.points import expiring_next_month
-from transforms.warehouse import connect
+from transforms.ingest.control import read_control, verify_control
+from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.runs.monthly import run_monthly
+from transforms.grade.points import expiring_next_month
+from transforms.warehouse.db import connect
 
-CHANNELS = load_channels(DEFAULT_CONFIG)
+CHANNELS = load_channels()
 MSISDN = "13800000000"  # tests.builders.Sub: "138" + the digits of the subs_id (none here), padded to 8
 
 # Entitlement changes of July by the six-star table (nobody is GROUP_KEY, so tiers alone decide): gained (+)
@@ -123,7 +124,7 @@ def test_counts_equal_grade_change_counts(july):
 def test_channel_carries_only_its_change_types(graded, tmp_path):
     _, con = graded
     config = tmp_path / "channels.yaml"
-    config.write_text(DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
+    config.write_text(channels_config().read_text(encoding="utf-8").replace(
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [UPGRADE]"), encoding="utf-8")
     crm = [f for f in render_month(con, JUL, load_channels(config)) if f.channel == "crm"][0]
@@ -170,7 +171,7 @@ def test_crash_between_renames_never_pairs_new_data_with_old_control_file(tmp_pa
 
     def killed(*_):
         raise OSError("killed")
-    monkeypatch.setattr("transforms.channels.os.replace", killed)
+    monkeypatch.setattr("transforms.deliver.channels.os.replace", killed)
     new = OutFile("boss", old.relpath, b"A|2\n", 1, b"X_202607.dat|1|4|md5-new|GBK\n")
     with pytest.raises(OSError, match="killed"):
         write_outbox(tmp_path, [new])
@@ -284,7 +285,7 @@ def test_points_expiry_notice_by_hand(tmp_path):
 # --- configuration --------------------------------------------------------------------------------------------
 
 def _config_with(tmp_path: Path, old: str, new: str) -> Path:
-    text = DEFAULT_CONFIG.read_text(encoding="utf-8")
+    text = channels_config().read_text(encoding="utf-8")
     assert old in text
     path = tmp_path / "channels.yaml"
     path.write_text(text.replace(old, new), encoding="utf-8")

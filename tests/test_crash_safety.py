@@ -15,11 +15,11 @@ import duckdb
 import pytest
 
 from flows.pipeline import backfill_flow
-from transforms.calendar import Month
-from transforms.generate import generate_province
-from transforms.publish import published_path
-from transforms.runlock import RunLocked, writer_lock
-from transforms.warehouse import connect
+from transforms.core.calendar import Month
+from transforms.synth.generate import generate_province
+from transforms.runs.publish import published_path
+from transforms.runs.lock import RunLocked, writer_lock
+from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
 MARTS = ["subscriber_month", "points_balance", "tier_assignment", "tier_history", "grade_change", "tier_summary"]

@@ -6,7 +6,7 @@ from fractions import Fraction
 import polars as pl
 import pytest
 
-from transforms.expr import (Binary, Compare, ExprError, Literal, Name, Unary, check, compile_bool,
+from transforms.grade.expr import (Binary, Compare, ExprError, Literal, Name, Unary, check, compile_bool,
                              compile_number, names_used, parse)
 
 TYPES = {"a": "bool", "b": "bool", "c": "bool", "sum6_fen": "int", "tenure_months": "int", "x": "int",

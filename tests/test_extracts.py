@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from transforms.control import encode_records, read_control, write_delivery
-from transforms.extracts import (KINDS, ExtractName, ParsedFile, parse_extract, parse_extract_name)
+from transforms.ingest.control import encode_records, read_control, write_delivery
+from transforms.ingest.extracts import (KINDS, ExtractName, ParsedFile, parse_extract, parse_extract_name)
 
-SAMPLES = Path("/work/shared/spec/samples/landing")
+SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
 
 FIELDS = {
     "ACCT": ["subs_id", "msisdn", "cust_id", "cust_name", "cert_no", "brand", "subs_type", "status", "open_date",
@@ -520,6 +520,6 @@ def test_chunk_size_does_not_change_the_result(tmp_path, encoding):
 
 def test_an_overlong_line_is_never_held_whole():
     # Memory stays bounded: of a 1 MB line only the head needed for raw_text is kept, with its true size.
-    from transforms.extracts import _HEAD_BYTES, _iter_pieces, _Overlong
+    from transforms.ingest.extracts import _HEAD_BYTES, _iter_pieces, _Overlong
     fh = io.BytesIO(b"a|b\n" + b"x" * 1_000_000 + b"\r\nc|d")
     assert list(_iter_pieces(fh, 4096)) == [b"a|b", _Overlong(b"x" * _HEAD_BYTES, 1_000_000), b"c|d"]

@@ -9,9 +9,9 @@ import pytest
 from flows.cli import main
 from flows.pipeline import backfill_flow
 from tests.builders import deliver
-from transforms.calendar import Month
-from transforms.generate import generate_province
-from transforms.warehouse import connect
+from transforms.core.calendar import Month
+from transforms.synth.generate import generate_province
+from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
 MART_TABLES = ["subscriber_month", "points_balance", "tier_assignment", "tier_current", "tier_history",

@@ -1,4 +1,4 @@
-"""`transforms.generate`: synthetic BOSS extracts follow spec/extracts.md and are deterministic."""
+"""`transforms.synth.generate`: synthetic BOSS extracts follow spec/extracts.md and are deterministic."""
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transforms.calendar import Month, parse_day
-from transforms.control import read_control, verify_control
-from transforms.generate import _cert_numbers, generate_province
+from transforms.core.calendar import Month, parse_day
+from transforms.ingest.control import read_control, verify_control
+from transforms.synth.generate import _cert_numbers, generate_province
 
 START = Month.parse("2025-06")
 MONTHS = 8  # 2025-06 .. 2026-01

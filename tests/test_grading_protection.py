@@ -8,8 +8,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from transforms.calendar import Month
-from transforms.grading import apply_protection
+from transforms.core.calendar import Month
+from transforms.grade.tiers import apply_protection
 
 JULY = Month(2026, 7)
 TIERS = ["UNRATED", "STAR1", "STAR2", "STAR3", "STAR4", "STAR5", "STAR6"]

@@ -9,10 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from transforms.grading import assign_tiers
-from transforms.rulepack import METRIC_CATALOGUE, load_pack
+from transforms.grade.tiers import assign_tiers
+from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
+from transforms.core.resources import rules_dir
 
-PACK = load_pack(Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml")
+PACK = load_pack(rules_dir() / "six-star.yaml")
 
 # An eligible MZONE subscriber with nothing else going on; each case changes what it tests.
 BASE = {"status": "NORMAL", "subs_type": "PERSONAL", "brand": "MZONE", "region_code": "4110",

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.builders import Sub, deliver
-from transforms.calendar import Month
-from transforms.ingest import ingest_delivery, reconciliation_failures, scan_landing
-from transforms.warehouse import snapshot_date_for
-from transforms.warehouse import connect
+from transforms.core.calendar import Month
+from transforms.ingest.load import ingest_delivery, reconciliation_failures, scan_landing
+from transforms.warehouse.db import snapshot_date_for
+from transforms.warehouse.db import connect
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "spec" / "samples" / "landing"
+SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
 
 
 @pytest.fixture

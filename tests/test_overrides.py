@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 
 from tests.builders import Province, Sub, deliver
-from transforms.calendar import Month, month_range
-from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import MonthlyOptions, run_monthly
-from transforms.rulepack import load_pack
-from transforms.warehouse import connect
+from transforms.core.calendar import Month, month_range
+from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.runs.monthly import MonthlyOptions, run_monthly
+from transforms.grade.rulepack import load_pack
+from transforms.warehouse.db import connect
+from transforms.core.resources import rules_dir
 
 # A handful of subscribers: a few changes trip the circuit breaker's share, accepted on purpose here.
 ACCEPT = MonthlyOptions(accept_mass_change=True)
 
-PACK = load_pack(Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml")
+PACK = load_pack(rules_dir() / "six-star.yaml")
 JAN, JUN, JUL, AUG, SEP = Month(2026, 1), Month(2026, 6), Month(2026, 7), Month(2026, 8), Month(2026, 9)
 
 

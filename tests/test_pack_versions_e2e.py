@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.test_monthly_golden import JAN, JUL, JUN, build
-from transforms.calendar import month_range
-from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import MonthlyError, MonthlyOptions, run_monthly
-from transforms.rulepack import pack_in_force
-from transforms.warehouse import connect
+from transforms.core.calendar import month_range
+from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.runs.monthly import MonthlyError, MonthlyOptions, run_monthly
+from transforms.grade.packs import pack_in_force
+from transforms.warehouse.db import connect
+from transforms.core.resources import rules_dir
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
+RULES = rules_dir()
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from transforms.calendar import Month
-from transforms.grading import apply_protection, assign_tiers, assign_tiers_sharded, compute_tags, rank_table
-from transforms.rulepack import METRIC_CATALOGUE, load_pack
+from transforms.core.calendar import Month
+from transforms.grade.tiers import apply_protection, assign_tiers, assign_tiers_sharded, compute_tags, rank_table
+from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
+from transforms.core.resources import rules_dir
 
-RULES = Path(__file__).resolve().parent.parent / "rules"
+RULES = rules_dir()
 NATIONAL = load_pack(RULES / "national-score.yaml")
 ABC = load_pack(RULES / "abc.yaml")
 POINTS_LEVEL = load_pack(RULES / "points-level.yaml")

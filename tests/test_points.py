@@ -6,8 +6,8 @@ from datetime import date, datetime
 import polars as pl
 import pytest
 
-from transforms.calendar import Month
-from transforms.points import (
+from transforms.core.calendar import Month
+from transforms.grade.points import (
     apply_points_month,
     expiring_next_month,
     prior_year_points,

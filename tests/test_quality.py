@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import pytest
 
 from tests.test_monthly_golden import JAN, JUL, JUN, PACK, graded_golden
-from transforms.monthly import aggregate_subscriber_month
-from transforms.quality import (GateFailed, gate_breaker, gate_grading_inputs, gate_outputs, gate_raw_file,
+from transforms.runs.monthly import aggregate_subscriber_month
+from transforms.quality.gates import (GateFailed, gate_breaker, gate_grading_inputs, gate_outputs, gate_raw_file,
                                 outputs_frame, run_suite, substitute)
-from transforms.warehouse import connect
+from transforms.warehouse.db import connect
 
 TIERS = PACK.tiers
 UNRATED = TIERS[0]

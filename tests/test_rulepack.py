@@ -8,11 +8,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from transforms.calendar import Month
-from transforms.rulepack import (METRIC_CATALOGUE, PackError, load_pack, load_pack_text, pack_in_force,
-                                 pack_versions)
+from transforms.core.calendar import Month
+from transforms.core.resources import rules_dir
+from transforms.grade.packs import pack_in_force, pack_versions
+from transforms.grade.rulepack import METRIC_CATALOGUE, PackError, load_pack, load_pack_text
 
-SIX_STAR = Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml"
+SIX_STAR = rules_dir() / "six-star.yaml"
 
 # A small valid pack; line numbers matter to the tests below (line 1 is "pack: mini").
 MINI = """\

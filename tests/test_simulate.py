@@ -12,16 +12,17 @@ import pytest
 
 from flows.cli import main
 from tests.builders import Province, Sub, deliver
-from transforms.calendar import Month, month_range
-from transforms.ingest import ingest_delivery, scan_landing
-from transforms.monthly import MonthlyOptions, run_monthly
-from transforms.rulepack import load_pack
-from transforms.warehouse import connect
+from transforms.core.calendar import Month, month_range
+from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.runs.monthly import MonthlyOptions, run_monthly
+from transforms.grade.rulepack import load_pack
+from transforms.warehouse.db import connect
+from transforms.core.resources import rules_dir
 
 # A handful of subscribers: a few changes trip the circuit breaker's share, accepted on purpose here.
 ACCEPT = MonthlyOptions(accept_mass_change=True)
 
-SIX_STAR_FILE = Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml"
+SIX_STAR_FILE = rules_dir() / "six-star.yaml"
 SIX_STAR = load_pack(SIX_STAR_FILE)
 JAN, MAY, JUN, JUL, AUG = (Month(2026, m) for m in (1, 5, 6, 7, 8))
 STARS = ["UNRATED", "STAR1", "STAR2", "STAR3", "STAR4", "STAR5", "STAR6"]

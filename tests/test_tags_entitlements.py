@@ -12,11 +12,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from transforms.grading import apply_protection, assign_tiers, compute_tags, entitlement_changes, entitlements
-from transforms.calendar import Month
-from transforms.rulepack import METRIC_CATALOGUE, load_pack, load_pack_text
+from transforms.grade.tiers import apply_protection, assign_tiers, compute_tags, entitlement_changes, entitlements
+from transforms.core.calendar import Month
+from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack, load_pack_text
+from transforms.core.resources import rules_dir
 
-SIX_STAR_PATH = Path(__file__).resolve().parent.parent / "rules" / "six-star.yaml"
+SIX_STAR_PATH = rules_dir() / "six-star.yaml"
 PACK = load_pack(SIX_STAR_PATH)
 BASE = {"status": "NORMAL", "subs_type": "PERSONAL", "brand": "MZONE", "region_code": "4110",
         "realname_flag": True, "vip_flag": False, "group_key_flag": False, "tenure_months": 24}

@@ -2,7 +2,7 @@
 
 A pack is read with a YAML composer that keeps every node's line (no Python objects are ever constructed, no
 anchors, aliases or custom tags), checked against a fixed schema, and its conditions are parsed, type-checked
-and compiled to Polars expressions by `transforms.expr`. Any error raises PackError "<file>:<line>: <message>".
+and compiled to Polars expressions by `transforms.grade.expr`. Any error raises PackError "<file>:<line>: <message>".
 
 Layout of a pack (see rules/six-star.yaml):
 
@@ -56,7 +56,6 @@ subscriber of the snapshot S(M). Money is integer fen; bool flags are the Y/N fi
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import re
 import textwrap
@@ -67,8 +66,8 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from transforms.calendar import Month
-from transforms.expr import FUNCTIONS, ExprError, Node, check, compile_bool, compile_number, names_used, parse
+from transforms.core.calendar import Month
+from transforms.grade.expr import FUNCTIONS, ExprError, Node, check, compile_bool, compile_number, names_used, parse
 
 METRIC_CATALOGUE: dict[str, str] = {
     "status": "str", "subs_type": "str", "brand": "str", "region_code": "str",
@@ -233,55 +232,6 @@ def load_pack(path: Path) -> RulePack:
 
 def load_pack_text(text: str, source: str) -> RulePack:
     return _Loader(source).load(text, text.encode("utf-8"))
-
-
-# --- versions -------------------------------------------------------------------------------------------------
-
-PACK_SUFFIX = ".yaml"
-_VERSION_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
-
-
-def pack_versions(rules_dir: Path, name: str) -> list[tuple[Month | None, Path]]:
-    """The files of pack `name`, oldest first: rules/<name>.yaml (in force from the beginning, month None) and
-    rules/<name>@YYYY-MM.yaml (in force from that grading month)."""
-    versions = []
-    for path in sorted(Path(rules_dir).glob(f"{glob.escape(name)}*{PACK_SUFFIX}")):
-        stem = path.name[:-len(PACK_SUFFIX)]
-        if stem == name:
-            versions.append((None, path))
-        elif stem.startswith(f"{name}@"):
-            text = stem[len(name) + 1:]
-            try:
-                month = Month.parse(text) if _VERSION_MONTH.fullmatch(text) else None
-            except ValueError:
-                month = None
-            if month is None:
-                raise PackError(f"{path}:0: a pack version file is named <pack>@YYYY-MM{PACK_SUFFIX}")
-            versions.append((month, path))
-    return sorted(versions, key=lambda v: (v[0] is not None, v[0] or Month(1900, 1)))
-
-
-def pack_in_force(rules_dir: Path, name: str, month: Month) -> RulePack:
-    """The version of pack `name` in force for grading month M: the file with the greatest effective month <= M
-    (rules.md: a pack change takes effect from a stated grading month; regrading uses the version then in force).
-    The file name's month and the pack's effective_from must agree, and the pack inside must be `name`."""
-    versions = pack_versions(rules_dir, name)
-    if not versions:
-        raise PackError(f"{Path(rules_dir) / (name + PACK_SUFFIX)}:0: no rule pack {name!r} in {rules_dir}")
-    in_force = [(start, path) for start, path in versions if start is None or start <= month]
-    if not in_force:
-        first = versions[0][0]
-        raise PackError(f"{versions[0][1]}:0: no version of pack {name!r} is in force for {month} "
-                        f"(the first takes effect from {first})")
-    start, path = in_force[-1]
-    pack = load_pack(path)
-    if pack.name != name:
-        raise PackError(f"{path}:1: the file holds pack {pack.name!r}, expected {name!r}")
-    if pack.effective_from != start:
-        expected = f"effective_from: '{start}'" if start else "no effective_from"
-        raise PackError(f"{path}:0: the file name says {expected}, the pack says "
-                        f"{pack.effective_from or 'none'}")
-    return pack
 
 
 # --- YAML with lines ------------------------------------------------------------------------------------------

@@ -31,10 +31,10 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from transforms.calendar import Month
-from transforms.warehouse import first_row, scalar, snapshot_date_for
+from transforms.core.calendar import Month
+from transforms.core.resources import expectations_dir
+from transforms.warehouse.db import first_row, scalar, snapshot_date_for
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 WINDOW = 6                      # grading months M-5..M (rules.md sum6)
 CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
 _SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -111,9 +111,9 @@ def load_suite(suite_name: str) -> dict:
     """The suite JSON of expectations/<suite_name>.json (name checked: no path out of the folder)."""
     if not _SUITE_NAME.match(suite_name):
         raise ValueError(f"invalid suite name {suite_name!r}")
-    path = EXPECTATIONS_DIR / f"{suite_name}.json"
+    path = expectations_dir() / f"{suite_name}.json"
     if not path.is_file():
-        raise ValueError(f"no expectation suite {suite_name!r} in {EXPECTATIONS_DIR}")
+        raise ValueError(f"no expectation suite {suite_name!r} in {expectations_dir()}")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

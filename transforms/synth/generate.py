@@ -18,8 +18,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from transforms.calendar import Month
-from transforms.control import write_delivery
+from transforms.core.calendar import Month
+from transforms.ingest.control import write_delivery
 
 ENCODING = "GBK"
 

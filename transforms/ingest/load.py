@@ -16,11 +16,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from transforms.calendar import parse_day
-from transforms.control import FileRejected, read_control, verify_control
-from transforms.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
-from transforms.quality import GateFailed, gate_raw_file
-from transforms.warehouse import first_row, scalar, transaction
+from transforms.core.calendar import parse_day
+from transforms.ingest.control import FileRejected, read_control, verify_control
+from transforms.ingest.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
+from transforms.quality.gates import GateFailed, gate_raw_file
+from transforms.warehouse.db import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 _DAY_DIR = re.compile(r"^\d{8}$")

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from transforms.calendar import Month, parse_day
+from transforms.core.calendar import Month, parse_day
 
 KINDS = ("ACCT", "BILL", "SUSP", "REDEEM", "OVERRIDE")
 

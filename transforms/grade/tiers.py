@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from transforms.calendar import Month
-from transforms.rulepack import METRIC_CATALOGUE, RulePack
+from transforms.core.calendar import Month
+from transforms.grade.rulepack import METRIC_CATALOGUE, RulePack
 
 OVERRIDE_REASON = "OVERRIDE"
 PROTECTED_REASON = "PROTECTED"

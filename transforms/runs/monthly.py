@@ -14,16 +14,16 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from transforms.calendar import Month
-from transforms.channels import (CHANGES, POINTS, Channel, OutFile, by_feed, points_expiring, render_month,
+from transforms.core.calendar import Month
+from transforms.deliver.channels import (CHANGES, POINTS, Channel, OutFile, by_feed, points_expiring, render_month,
                                  render_points_expiry)
-from transforms.grading import (apply_protection, assign_tiers, compute_tags, entitlement_changes,
+from transforms.grade.tiers import (apply_protection, assign_tiers, compute_tags, entitlement_changes,
                                 rank_table)
-from transforms.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
-from transforms.points import apply_points_month
-from transforms.quality import gate_breaker, gate_grading_inputs, gate_outputs
-from transforms.rulepack import RulePack
-from transforms.warehouse import first_row, scalar, snapshot_date_for, transaction
+from transforms.warehouse.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
+from transforms.grade.points import apply_points_month
+from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
+from transforms.grade.rulepack import RulePack
+from transforms.warehouse.db import first_row, scalar, snapshot_date_for, transaction
 
 WINDOW = 6
 ITEMS = ["RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST", "GIFT", "DEPOSIT"]

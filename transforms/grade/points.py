@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from transforms.calendar import Month
+from transforms.core.calendar import Month
 
 INSUFFICIENT_POINTS = "INSUFFICIENT_POINTS"
 _SUBS = "subs_id"

@@ -8,7 +8,6 @@ HTML page under <home>/simulations/ and printed as a text table. Same inputs, sa
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import os
@@ -19,11 +18,11 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from transforms.calendar import Month
-from transforms.grading import apply_protection, assign_tiers, compute_tags, entitlements
-from transforms.monthly import _spell_start, active_overrides, grading_metrics, is_current
-from transforms.rulepack import RulePack, load_pack
-from transforms.warehouse import first_row, snapshot_date_for
+from transforms.core.calendar import Month
+from transforms.grade.tiers import apply_protection, assign_tiers, compute_tags, entitlements
+from transforms.runs.monthly import _spell_start, active_overrides, grading_metrics, is_current
+from transforms.grade.rulepack import RulePack
+from transforms.warehouse.db import first_row, snapshot_date_for
 
 TOTAL = "total"
 MIGRATION_CSV, ENTITLEMENTS_CSV, PAGE = "migration.csv", "entitlements.csv", "simulation.html"
@@ -67,15 +66,6 @@ def official_pack_version(con: duckdb.DuckDBPyConnection, month: Month) -> tuple
         raise SimulationError(f"the official grading of {month} is stale (its inputs changed since): run "
                               f"`tierflow backfill --start {month} --end {month}` first")
     return row[1], row[2]
-
-
-def find_pack_by_version(version: str, directories: list[Path]) -> RulePack | None:
-    """The pack file whose version (content hash) is `version`, among the *.yaml files of the directories."""
-    for directory in directories:
-        for path in sorted(Path(directory).glob("*.yaml")):
-            if hashlib.sha256(path.read_bytes()).hexdigest()[:12] == version:
-                return load_pack(path)
-    return None
 
 
 def eligible_by(pack: RulePack) -> pl.Expr:

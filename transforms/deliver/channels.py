@@ -28,11 +28,11 @@ import duckdb
 import polars as pl
 import yaml
 
-from transforms.calendar import Month
-from transforms.warehouse import scalar, snapshot_date_for
+from transforms.core.calendar import Month
+from transforms.core.resources import channels_config
+from transforms.warehouse.db import scalar, snapshot_date_for
 
 OUTBOX = "outbox"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "channels.yaml"
 DIR_MODE, FILE_MODE = 0o750, 0o640  # the outbox carries msisdn: never world-readable
 
 CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
@@ -109,9 +109,9 @@ class OutFile:
 
 # --- configuration -----------------------------------------------------------------------------------------------
 
-def load_channels(path: Path) -> list[Channel]:
-    """Parses and validates a channel configuration (yaml.safe_load; data, never code)."""
-    path = Path(path)
+def load_channels(path: Path | None = None) -> list[Channel]:
+    """Parses and validates a channel configuration (default: the shipped channels/channels.yaml)."""
+    path = Path(path) if path is not None else channels_config()
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from transforms.calendar import Month, month_range
-from transforms.ingest import LandingScan
+from transforms.core.calendar import Month, month_range
+from transforms.ingest.load import LandingScan
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import duckdb
 
-from transforms.calendar import Month
-from transforms.ingest import reconciliation_failures, scan_landing
-from transforms.monthly import stale_months
-from transforms.warehouse import scalar
+from transforms.core.calendar import Month
+from transforms.ingest.load import reconciliation_failures, scan_landing
+from transforms.runs.monthly import stale_months
+from transforms.warehouse.db import scalar
 
 
 def status_report(con: duckdb.DuckDBPyConnection | None, home: Path) -> list[str]:

@@ -9,8 +9,8 @@ from datetime import date
 
 import duckdb
 
-from transforms.calendar import Month
-from transforms.warehouse import scalar
+from transforms.core.calendar import Month
+from transforms.warehouse.db import scalar
 
 
 def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, tiers: list[str]) -> int:
