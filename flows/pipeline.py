@@ -14,10 +14,12 @@ from prefect import flow, task
 
 from transforms.runs.backfill import plan_backfill
 from transforms.core.calendar import Month, parse_day
-from transforms.ingest.load import (DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures,
-                               scan_landing)
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures
 from transforms.runs.ledger import finish_run, start_run
-from transforms.deliver.channels import load_channels, render_nightly_lost, write_outbox
+from transforms.deliver.channels import load_channels
+from transforms.deliver.outbox import write_outbox
+from transforms.deliver.render import render_nightly_lost
 from transforms.runs.monthly import (MonthlyError, MonthlyOptions, input_files, is_up_to_date, mark_delivered,
                                 run_monthly)
 from transforms.runs.publish import publish

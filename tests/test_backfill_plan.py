@@ -5,8 +5,8 @@ import pytest
 
 from transforms.runs.backfill import BackfillError, plan_backfill
 from transforms.core.calendar import Month
-from transforms.ingest.extracts import parse_extract_name
-from transforms.ingest.load import Delivery, LandingScan
+from transforms.ingest.layouts import parse_extract_name
+from transforms.ingest.landing import Delivery, LandingScan
 
 
 def scan(*files: tuple[str, str]) -> LandingScan:

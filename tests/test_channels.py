@@ -13,11 +13,13 @@ import pytest
 from tests.builders import Sub, deliver
 from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
 from transforms.core.resources import channels_config
-from transforms.deliver.channels import (ChannelConfigError, ChannelError, OutFile, count_mismatches,
-                                 load_channels, points_expiring, render_month, render_nightly_lost,
-                                 render_points_expiry, write_outbox)
+from transforms.deliver.channels import ChannelConfigError, ChannelError, load_channels
+from transforms.deliver.outbox import write_outbox
+from transforms.deliver.render import (OutFile, count_mismatches, points_expiring, render_month, render_nightly_lost,
+                                       render_points_expiry)
 from transforms.ingest.control import read_control, verify_control
-from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import run_monthly
 from transforms.grade.points import expiring_next_month
 from transforms.warehouse.db import connect

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from transforms.ingest.control import encode_records, read_control, write_delivery
-from transforms.ingest.extracts import (KINDS, ExtractName, ParsedFile, parse_extract, parse_extract_name)
+from transforms.ingest.extracts import ParsedFile, parse_extract
+from transforms.ingest.layouts import KINDS, ExtractName, parse_extract_name
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
 

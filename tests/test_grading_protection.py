@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from transforms.core.calendar import Month
-from transforms.grade.tiers import apply_protection
+from transforms.grade.engine import apply_protection
 
 JULY = Month(2026, 7)
 TIERS = ["UNRATED", "STAR1", "STAR2", "STAR3", "STAR4", "STAR5", "STAR6"]

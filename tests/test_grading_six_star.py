@@ -4,12 +4,11 @@ Lines of rules.md: avg6 >= 300 / 150 / 80 / 30 yuan  <=>  sum6_fen >= 180000 / 9
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import polars as pl
 import pytest
 
-from transforms.grade.tiers import assign_tiers
+from transforms.grade.engine import assign_tiers
 from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
 from transforms.core.resources import rules_dir
 

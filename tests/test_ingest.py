@@ -10,7 +10,8 @@ import pytest
 
 from tests.builders import Sub, deliver
 from transforms.core.calendar import Month
-from transforms.ingest.load import ingest_delivery, reconciliation_failures, scan_landing
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import ingest_delivery, reconciliation_failures
 from transforms.warehouse.db import snapshot_date_for
 from transforms.warehouse.db import connect
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.test_monthly_golden import JAN, JUL, JUN, build
 from transforms.core.calendar import month_range
-from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import MonthlyError, MonthlyOptions, run_monthly
 from transforms.grade.packs import pack_in_force
 from transforms.warehouse.db import connect

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import random
 from fractions import Fraction
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from transforms.core.calendar import Month
-from transforms.grade.tiers import apply_protection, assign_tiers, assign_tiers_sharded, compute_tags, rank_table
+from transforms.grade.engine import apply_protection, assign_tiers, assign_tiers_sharded, compute_tags, rank_table
 from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
 from transforms.core.resources import rules_dir
 

@@ -13,7 +13,8 @@ import pytest
 from flows.cli import main
 from tests.builders import Province, Sub, deliver
 from transforms.core.calendar import Month, month_range
-from transforms.ingest.load import ingest_delivery, scan_landing
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.grade.rulepack import load_pack
 from transforms.warehouse.db import connect

@@ -7,12 +7,11 @@ CHURN_RISK: tier >= STAR4 and cons < (prev5 / 5) / 2, i.e. cons * 10 < prev5.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import polars as pl
 import pytest
 
-from transforms.grade.tiers import apply_protection, assign_tiers, compute_tags, entitlement_changes, entitlements
+from transforms.grade.engine import apply_protection, assign_tiers, compute_tags, entitlement_changes, entitlements
 from transforms.core.calendar import Month
 from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack, load_pack_text
 from transforms.core.resources import rules_dir

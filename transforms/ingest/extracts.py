@@ -26,7 +26,6 @@ A file holding only a BOM has no records.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -37,8 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from transforms.core.calendar import Month, parse_day
-
-KINDS = ("ACCT", "BILL", "SUSP", "REDEEM", "OVERRIDE")
+from transforms.ingest.layouts import KEYS, LAYOUTS, ExtractName, Field, record_schema
 
 CHUNK_BYTES = 16 << 20          # bytes read at a time (as fast as 64 MB, a third less peak memory)
 MAX_LINE_BYTES = 4096           # longer lines are LINE_TOO_LONG (length without '\n' and trailing '\r')
@@ -49,7 +47,6 @@ _HEAD_BYTES = 4 * RAW_TEXT_CHARS + 2
 
 _BOM = b"\xef\xbb\xbf"
 _CODECS = {"GBK": "gbk", "UTF-8": "utf-8"}
-_NAME_RE = re.compile(r"\A(ACCT|BILL|SUSP|REDEEM|OVERRIDE)_([0-9]{6}|[0-9]{8})\.dat\Z")
 
 _YEAR = r"(19|[2-9][0-9])[0-9]{2}"
 _MONTH = r"(0[1-9]|1[0-2])"
@@ -60,110 +57,6 @@ _MONTH_RE = rf"^{_YEAR}{_MONTH}$"
 _INTEGER_RE = r"^-?[0-9]{1,18}$"
 
 QUARANTINE_SCHEMA = {"line_no": pl.Int64, "raw_text": pl.String, "reason": pl.String, "detail": pl.String}
-
-
-# ---------------------------------------------------------------------------------------------- names
-
-@dataclass(frozen=True)
-class ExtractName:
-    kind: str            # one of KINDS
-    period: str          # 'YYYYMMDD' (ACCT/SUSP/REDEEM/OVERRIDE) or 'YYYYMM' (BILL)
-    file_name: str       # e.g. 'BILL_202601.dat'
-
-
-def parse_extract_name(file_name: str) -> ExtractName:
-    """Validates an extract file name (a bare name, no folder); raises ValueError naming the file."""
-    match = _NAME_RE.match(file_name)
-    if not match:
-        raise ValueError(f"unknown extract file name {file_name!r}: expected e.g. BILL_YYYYMM.dat, ACCT_YYYYMMDD.dat")
-    kind, period = match.groups()
-    expected_digits = 6 if kind == "BILL" else 8
-    if len(period) != expected_digits:
-        raise ValueError(f"invalid extract file name {file_name!r}: {kind} needs a {expected_digits}-digit period")
-    try:
-        Month.parse(period) if kind == "BILL" else parse_day(period)
-    except ValueError as exc:
-        raise ValueError(f"invalid extract file name {file_name!r}: {exc}") from None
-    return ExtractName(kind, period, file_name)
-
-
-# ------------------------------------------------------------------------------------- record layouts
-
-@dataclass(frozen=True)
-class _Field:
-    name: str
-    type: str = "text"                          # text | enum | flag | date | timestamp | month | integer
-    required: bool = True
-    choices: tuple[str, ...] = ()               # enum values (BAD_ENUM)
-    max_chars: int | None = None                # BAD_VALUE when longer
-    pattern: tuple[str, str] | None = None      # (regex, what it means): BAD_VALUE when not matching
-    positive: bool = False                      # BAD_VALUE when <= 0
-
-
-_FLAG = ("Y", "N")
-_SUBS_ID = _Field("subs_id", max_chars=20)
-
-_LAYOUTS: dict[str, tuple[_Field, ...]] = {
-    "ACCT": (
-        _SUBS_ID,
-        _Field("msisdn", pattern=(r"^[0-9]{11}$", "is not 11 digits")),
-        _Field("cust_id", max_chars=20),
-        _Field("cust_name"),
-        _Field("cert_no", pattern=(r"^([0-9]{15}|[0-9]{17}[0-9X])$", "is not 15 digits or 17 digits + [0-9X]")),
-        _Field("brand", "enum", choices=("GOTONE", "MZONE", "EASYOWN")),
-        _Field("subs_type", "enum", choices=("PERSONAL", "IOT", "DATACARD", "TEST", "FIXEDWL")),
-        _Field("status", "enum", choices=("NORMAL", "SUSPENDED", "CANCELLED")),
-        _Field("open_date", "date"),
-        _Field("cancel_date", "date", required=False),
-        _Field("realname_flag", "flag", choices=_FLAG),
-        _Field("group_key_flag", "flag", choices=_FLAG),
-        _Field("vip_flag", "flag", choices=_FLAG),
-        _Field("region_code", max_chars=8),
-        _Field("manager_id", required=False),
-    ),
-    "BILL": (
-        _SUBS_ID,
-        _Field("bill_month", "month"),
-        _Field("item_code", "enum", choices=("RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT",
-                                             "ADJUST", "GIFT", "DEPOSIT")),
-        _Field("amount_fen", "integer"),
-    ),
-    "SUSP": (
-        _Field("event_id"),
-        _SUBS_ID,
-        _Field("event_time", "timestamp"),
-        _Field("susp_type", "enum", choices=("ARREARS_ONEWAY", "ARREARS_TWOWAY", "REQUEST", "LOSS")),
-    ),
-    "REDEEM": (
-        _Field("txn_id"),
-        _SUBS_ID,
-        _Field("txn_time", "timestamp"),
-        _Field("points", "integer", positive=True),
-        _Field("channel"),
-    ),
-    "OVERRIDE": (
-        _Field("override_id"),
-        _SUBS_ID,
-        _Field("tier"),
-        _Field("from_month", "month"),
-        _Field("to_month", "month"),
-        _Field("reason"),
-        _Field("approved_by"),
-    ),
-}
-
-# Key unique within a file: the first occurrence is loaded, later ones are DUPLICATE_KEY. BILL has none.
-_KEYS = {"ACCT": "subs_id", "SUSP": "event_id", "REDEEM": "txn_id", "OVERRIDE": "override_id"}
-
-_DTYPES = {"text": pl.String, "enum": pl.String, "flag": pl.Boolean, "date": pl.Date,
-           "timestamp": pl.Datetime("us"), "month": pl.Date, "integer": pl.Int64}
-
-
-def record_schema(kind: str) -> dict[str, pl.DataType]:
-    """Columns and dtypes of ParsedFile.records for a kind."""
-    schema = {f.name: _DTYPES[f.type] for f in _LAYOUTS[kind]}
-    schema["line_no"] = pl.Int64
-    return schema
 
 
 @dataclass
@@ -181,7 +74,7 @@ def parse_extract(dat_path: Path, name: ExtractName, encoding: str, delivery_day
     if encoding not in _CODECS:
         raise ValueError(f"unknown encoding {encoding!r}: expected one of {', '.join(_CODECS)}")
     codec = _CODECS[encoding]
-    layout = _LAYOUTS[name.kind]
+    layout = LAYOUTS[name.kind]
     checks = _record_checks(name, delivery_day)
     record_parts: list[pl.DataFrame] = []
     quarantine_parts: list[pl.DataFrame] = []
@@ -407,7 +300,7 @@ def _field_value(number: int, name: str, message: str) -> pl.Expr:
     return pl.concat_str([pl.lit(f"field {number} {name}: '"), pl.col(name), pl.lit(f"' {message}")])
 
 
-def _typed(field: _Field) -> pl.Expr:
+def _typed(field: Field) -> pl.Expr:
     """The typed value of a raw (empty-as-null) field; null when the text does not parse."""
     raw = pl.col(field.name)
     if field.type == "flag":
@@ -430,7 +323,7 @@ _FORMAT_ERRORS = {"date": ("BAD_DATE", "is not a date YYYYMMDD"),
                   "integer": ("BAD_INTEGER", "is not an integer")}
 
 
-def _field_checks(number: int, field: _Field) -> list[_Check]:
+def _field_checks(number: int, field: Field) -> list[_Check]:
     """Checks of one field, in order; they see raw values in pl.col(name), typed ones in pl.col(_t(name))."""
     raw, typed, name = pl.col(field.name), pl.col(_t(field.name)), field.name
     checks = []
@@ -480,7 +373,7 @@ def _cross_field_checks(kind: str) -> list[_Check]:
 
 
 def _record_checks(name: ExtractName, delivery_day: date) -> list[_Check]:
-    layout = _LAYOUTS[name.kind]
+    layout = LAYOUTS[name.kind]
     field_count = _Check("FIELD_COUNT", pl.col("_separators") != len(layout) - 1,
                          pl.format(f"expected {len(layout)} fields, found {{}}", pl.col("_separators") + 1))
     checks = [field_count]
@@ -493,7 +386,7 @@ def _t(name: str) -> str:
     return f"_typed_{name}"
 
 
-def _parse_lines(lines: pl.DataFrame, layout: tuple[_Field, ...],
+def _parse_lines(lines: pl.DataFrame, layout: tuple[Field, ...],
                  checks: list[_Check]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Splits decoded lines into fields, types and validates them: (valid records, quarantine rows)."""
     names = [f.name for f in layout]
@@ -530,7 +423,7 @@ def _split_duplicate_keys(records: pl.DataFrame, kind: str, fh: BinaryIO, codec:
     Raw texts are not kept for valid records (that would double the memory of a snapshot); the few
     duplicate lines are read again from the file.
     """
-    key = _KEYS.get(kind)
+    key = KEYS.get(kind)
     if key is None or records.height == 0:
         return records, pl.DataFrame(schema=QUARANTINE_SCHEMA)
     first = records.get_column(key).is_first_distinct()
@@ -541,7 +434,7 @@ def _split_duplicate_keys(records: pl.DataFrame, kind: str, fh: BinaryIO, codec:
         .select(key, pl.col("line_no").alias("first_line_no"))
     duplicates = duplicates.join(first_lines, on=key, how="left", maintain_order="left")
     raw = _read_lines(fh, duplicates.get_column("line_no").to_list(), codec, chunk_bytes)
-    number = 1 + [f.name for f in _LAYOUTS[kind]].index(key)
+    number = 1 + [f.name for f in LAYOUTS[kind]].index(key)
     quarantine = duplicates.select(
         "line_no",
         pl.col("line_no").replace_strict(raw, return_dtype=pl.String).alias("raw_text"),

@@ -7,7 +7,6 @@ same file name replaced it). Loading the same delivery twice changes nothing.
 """
 from __future__ import annotations
 
-import re
 from fractions import Fraction
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,72 +17,17 @@ import polars as pl
 
 from transforms.core.calendar import parse_day
 from transforms.ingest.control import FileRejected, read_control, verify_control
-from transforms.ingest.extracts import ExtractName, ParsedFile, parse_extract, parse_extract_name
+from transforms.ingest.extracts import ParsedFile, parse_extract
+from transforms.ingest.landing import Delivery
+from transforms.ingest.layouts import ExtractName, field_names, parse_extract_name
 from transforms.quality.gates import GateFailed, gate_raw_file
 from transforms.warehouse.db import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
-_DAY_DIR = re.compile(r"^\d{8}$")
-# Within one day folder the snapshot goes first so the day's events can be matched to known subscribers.
-_KIND_ORDER = {"ACCT": 0, "OVERRIDE": 1, "SUSP": 2, "REDEEM": 3, "BILL": 4}
 _RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
 # Keys unique across all deliveries (extracts.md); None = no key.
 _CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
-_ACCT_ATTRS = ["msisdn", "cust_id", "cust_name", "cert_no", "brand", "subs_type", "status", "open_date",
-               "cancel_date", "realname_flag", "group_key_flag", "vip_flag", "region_code", "manager_id"]
-
-
-@dataclass(frozen=True)
-class Delivery:
-    day: date
-    dat_path: Path
-    name: ExtractName
-
-    @property
-    def chk_path(self) -> Path:
-        return self.dat_path.with_suffix(".chk")
-
-    def relative_path(self, home: Path) -> str:
-        return str(self.dat_path.relative_to(Path(home) / "landing"))
-
-
-@dataclass
-class LandingScan:
-    delivered: list[Delivery]
-    pending: list[Delivery]       # .dat without its .chk yet: reported, never loaded
-    unrecognised: list[Path]      # names that are no extract of extracts.md
-
-
-def scan_landing(home: Path, up_to: date | None = None) -> LandingScan:
-    """Lists landing/<YYYYMMDD>/ folders up to a day, in delivery order (day, then kind, then name)."""
-    landing = (Path(home) / "landing").resolve()
-    delivered, pending, unrecognised = [], [], []
-    if not landing.is_dir():
-        return LandingScan([], [], [])
-    for day_dir in sorted(landing.iterdir()):
-        if not (day_dir.is_dir() and _DAY_DIR.match(day_dir.name)) or day_dir.is_symlink():
-            unrecognised.append(day_dir)
-            continue
-        try:
-            day = parse_day(day_dir.name)
-        except ValueError:
-            unrecognised.append(day_dir)
-            continue
-        if up_to is not None and day > up_to:
-            continue
-        for dat in sorted(day_dir.glob("*.dat")):
-            if dat.is_symlink() or not dat.resolve().is_relative_to(landing):
-                unrecognised.append(dat)
-                continue
-            try:
-                name = parse_extract_name(dat.name)
-            except ValueError:
-                unrecognised.append(dat)
-                continue
-            target = delivered if dat.with_suffix(".chk").exists() else pending
-            target.append(Delivery(day, dat, name))
-    delivered.sort(key=lambda d: (d.day, _KIND_ORDER[d.name.kind], d.name.file_name))
-    return LandingScan(delivered, pending, unrecognised)
+_ACCT_ATTRS = field_names("ACCT")[1:]  # a version changes when any of them does
 
 
 @dataclass

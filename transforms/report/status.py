@@ -6,7 +6,8 @@ from pathlib import Path
 import duckdb
 
 from transforms.core.calendar import Month
-from transforms.ingest.load import reconciliation_failures, scan_landing
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.load import reconciliation_failures
 from transforms.runs.monthly import stale_months
 from transforms.warehouse.db import scalar
 

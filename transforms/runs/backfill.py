@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from transforms.core.calendar import Month, month_range
-from transforms.ingest.load import LandingScan
+from transforms.ingest.landing import LandingScan
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import (CHANGES, POINTS, Channel, OutFile, by_feed, points_expiring, render_month,
-                                 render_points_expiry)
-from transforms.grade.tiers import (apply_protection, assign_tiers, compute_tags, entitlement_changes,
+from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
+from transforms.deliver.channels import CHANGES, POINTS, Channel, by_feed
+from transforms.deliver.render import OutFile, points_expiring, render_month, render_points_expiry
+from transforms.grade.engine import (apply_protection, assign_tiers, compute_tags, entitlement_changes,
                                 rank_table)
 from transforms.warehouse.marts import rebuild_tier_current, rebuild_tier_history, write_grade_change, write_tier_summary
 from transforms.grade.points import apply_points_month
@@ -26,8 +27,6 @@ from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import first_row, scalar, snapshot_date_for, transaction
 
 WINDOW = 6
-ITEMS = ["RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST", "GIFT", "DEPOSIT"]
-EXCLUDED_FROM_CONSUMPTION = ("GIFT", "DEPOSIT")
 
 
 class MonthlyError(Exception):
@@ -214,7 +213,7 @@ def aggregate_subscriber_month(con, month: Month, complete: bool) -> None:
     the stored aggregates of M-5..M-1 (a subscriber without rows in a delivered month counts 0)."""
     m = month.first_day
     item_sums = ",\n".join(f"coalesce(sum(amount_fen) FILTER (WHERE item_code = '{item}'), 0) "
-                           f"AS {item.lower()}_fen" for item in ITEMS)
+                           f"AS {item.lower()}_fen" for item in BILL_ITEMS)
     con.execute("DELETE FROM mart.subscriber_month WHERE month = ?", [m])
     con.execute(f"""
         INSERT INTO mart.subscriber_month

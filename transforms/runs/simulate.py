@@ -19,7 +19,7 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.grade.tiers import apply_protection, assign_tiers, compute_tags, entitlements
+from transforms.grade.engine import apply_protection, assign_tiers, compute_tags, entitlements
 from transforms.runs.monthly import _spell_start, active_overrides, grading_metrics, is_current
 from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import first_row, snapshot_date_for

@@ -20,18 +20,15 @@ import polars as pl
 
 from transforms.core.calendar import Month
 from transforms.ingest.control import write_delivery
+from transforms.ingest.layouts import BILL_ITEMS, BRANDS, STATUSES, SUBS_TYPES, SUSP_TYPES
 
 ENCODING = "GBK"
 
-BRANDS = ("GOTONE", "MZONE", "EASYOWN")
 BRAND_SHARES = (0.15, 0.30, 0.55)
 BRAND_SPEND = (2.2, 0.95, 0.7)  # GOTONE spends more, EASYOWN less
-SUBS_TYPES = ("PERSONAL", "IOT", "DATACARD", "TEST", "FIXEDWL")
 TYPE_SHARES = (0.90, 0.05, 0.03, 0.01, 0.01)
 TYPE_SPEND = (1.0, 0.15, 0.5, 1.0, 0.8)
-STATUSES = ("NORMAL", "SUSPENDED", "CANCELLED")
 NORMAL, SUSPENDED, CANCELLED = 0, 1, 2
-SUSP_TYPES = ("ARREARS_ONEWAY", "ARREARS_TWOWAY", "REQUEST", "LOSS")
 CHANNELS = ("APP", "SMS", "COUNTER", "WEB")
 CHANNEL_SHARES = (0.5, 0.2, 0.15, 0.15)
 REGIONS = tuple(str(code) for code in range(4110, 4130))
@@ -53,9 +50,11 @@ SPEND_SIGMA = 0.9
 MONTH_NOISE_SIGMA = 0.3
 PACKAGES_FEN = np.array([0, 800, 1800, 2800, 3800, 5800, 8800, 12800, 18800, 28800, 38800, 58800], dtype=np.int64)
 
-# BILL slots: one column each in the per-chunk amount matrix; duplicated items have two slots.
+# BILL slots: one column each in the per-chunk amount matrix; duplicated items have two slots (every item of the
+# BILL layout appears).
 SLOT_ITEMS = ("RENT", "VOICE", "VOICE", "DATA", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST", "GIFT",
               "DEPOSIT")
+assert set(SLOT_ITEMS) == set(BILL_ITEMS)
 
 # PCG64 stream purposes
 _INIT, _JOIN, _BRAND, _SUSP, _REDEEM, _BILL = range(6)

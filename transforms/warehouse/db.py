@@ -12,13 +12,17 @@ from pathlib import Path
 
 import duckdb
 
+from transforms.ingest.layouts import BILL_ITEMS
+
 WAREHOUSE_FILE = "warehouse.duckdb"
 
 # Per-process engine limits: DuckDB is not fork-safe and a 2-core box is shared by the scheduler and workers.
 DEFAULT_THREADS = int(os.environ.get("TIERFLOW_THREADS", "2"))
 DEFAULT_MEMORY_LIMIT = os.environ.get("TIERFLOW_MEMORY_LIMIT", "6GB")
 
-SCHEMA_DDL = """
+_ITEM_COLUMNS = ", ".join(f"{item.lower()}_fen BIGINT NOT NULL" for item in BILL_ITEMS)
+
+SCHEMA_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS mart;
@@ -68,9 +72,7 @@ CREATE TABLE IF NOT EXISTS staging.redemption (
 -- mart: what analysts query.
 CREATE TABLE IF NOT EXISTS mart.subscriber_month (
     month DATE NOT NULL, subs_id VARCHAR NOT NULL, cons_fen BIGINT NOT NULL,
-    rent_fen BIGINT NOT NULL, voice_fen BIGINT NOT NULL, data_fen BIGINT NOT NULL, sms_fen BIGINT NOT NULL,
-    roam_fen BIGINT NOT NULL, vas_fen BIGINT NOT NULL, discount_fen BIGINT NOT NULL, adjust_fen BIGINT NOT NULL,
-    gift_fen BIGINT NOT NULL, deposit_fen BIGINT NOT NULL,
+    {_ITEM_COLUMNS},  -- one sum per BILL item code (transforms.ingest.layouts.BILL_ITEMS)
     sum6_fen BIGINT  -- NULL while the 6-month window is incomplete
 );
 CREATE TABLE IF NOT EXISTS mart.points_balance (

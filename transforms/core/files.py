@@ -1,0 +1,73 @@
+"""Durable, atomic file writes: the one way tierflow puts a file in place.
+
+A file is written aside under a hidden name in its own folder (`.<name>.<pid>.tmp`), fsynced, renamed over its
+target and the folder fsynced: a reader sees the old file or the new one, never a part, and a crash leaves at
+most a hidden leftover that the next write of the same file removes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FILE_MODE = 0o640  # outputs carry subscriber data: never world-readable
+
+
+def aside_path(path: Path) -> Path:
+    """The hidden name a file is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_leftovers(path: Path) -> None:
+    """Hidden leftovers of a write of `path` that a killed process never renamed."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def write_aside(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Writes `data` under the hidden name of `path`, fsynced; returns that name (rename it with `commit`)."""
+    remove_leftovers(path)
+    tmp = aside_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Renames a file written aside over its target and makes the rename durable."""
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
+    """Puts `data` at `path` atomically and durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    commit(write_aside(path, data, mode), path)
+    return path
+
+
+def holds(path: Path, data: bytes) -> bool:
+    """True when `path` already holds exactly `data`."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except FileNotFoundError:
+        return False
