@@ -173,7 +173,7 @@ def test_crash_between_renames_never_pairs_new_data_with_old_control_file(tmp_pa
 
     def killed(*_):
         raise OSError("killed")
-    monkeypatch.setattr("transforms.deliver.channels.os.replace", killed)
+    monkeypatch.setattr("transforms.deliver.outbox.os.replace", killed)
     new = OutFile("boss", old.relpath, b"A|2\n", 1, b"X_202607.dat|1|4|md5-new|GBK\n")
     with pytest.raises(OSError, match="killed"):
         write_outbox(tmp_path, [new])
