@@ -15,13 +15,13 @@ from prefect import flow, task
 from transforms.runs.backfill import plan_backfill
 from transforms.core.calendar import Month, parse_day
 from transforms.ingest.landing import scan_landing
-from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, quality_dir, reconciliation_failures
-from transforms.runs.ledger import finish_run, start_run
+from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, reconciliation_failures
+from transforms.runs.ledger import finish_run, quality_dir, start_run
 from transforms.deliver.channels import load_channels
 from transforms.deliver.outbox import write_outbox
 from transforms.deliver.render import render_nightly_lost
-from transforms.runs.monthly import (MonthlyError, MonthlyOptions, input_files, is_up_to_date, mark_delivered,
-                                run_monthly)
+from transforms.runs.month_state import MonthlyError, input_files, is_up_to_date, mark_delivered
+from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.runs.publish import publish
 from transforms.quality.gates import GateFailed
 from transforms.grade.packs import pack_for_month
@@ -56,7 +56,8 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         period = f"{(only_day or up_to or date.today()):%Y-%m-%d}"
         run_id = start_run(con, "ingest", period)
         started = time.monotonic()
-        results = [ingest_delivery(con, Path(home), d, run_id, max_quarantine_share) for d in deliveries]
+        results = [ingest_delivery(con, Path(home), d, run_id, max_quarantine_share, quality_dir(Path(home), run_id))
+                   for d in deliveries]
         changed = [r for r in results if r.status != "UNCHANGED"]
         for r in changed:
             progress(f"  {r.line()}")
@@ -77,10 +78,10 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         con.close()
 
 
-def _version_in_force(rules: str | None, month: Month) -> str | None:
+def _pack_in_force(rules: str | None, month: Month) -> RulePack | None:
     """The pack version in force for a month, or None before the pack's first version."""
     try:
-        return pack_for_month(rules, month).version
+        return pack_for_month(rules, month)
     except PackError:
         return None
 
@@ -91,8 +92,8 @@ def _nightly_lost_notices(con, home: str, results) -> list[dict]:
     if not snapshot_days:
         return []
     channels = load_channels()
-    unrated = resolve_pack(None).unrated
-    files = [f for day in snapshot_days for f in render_nightly_lost(con, day, channels, unrated)]
+    files = [f for day in snapshot_days
+             for f in render_nightly_lost(con, day, channels, resolve_pack(None, Month.of(day)).unrated)]
     write_outbox(Path(home), files)
     return [{"file": f.relpath, "records": f.records, "md5": f.md5} for f in files]
 
@@ -109,10 +110,9 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
         if only_if_stale and is_up_to_date(con, target, pack.version):
             return f"{target}: up to date"
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
-        started = time.monotonic()
         options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
                                  accept_mass_change=accept_reason is not None,
-                                 previous_pack_version=_version_in_force(rules, target - 1))
+                                 previous_pack=_pack_in_force(rules, target - 1))
         accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
         try:
             result = run_monthly(con, target, pack, run_id, options)
@@ -127,7 +127,7 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
                    output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
                    checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
                            "points": result.points, "gates": result.checks} | accepted,
-                   timings={"seconds": round(time.monotonic() - started, 3)})
+                   timings=result.timings)
         progress(f"  {len(written)} channel file(s) written")
         return result.line()
     finally:

@@ -79,8 +79,8 @@ def cmd_simulate(args, home: Path) -> int:
     from transforms.core.calendar import Month
     from transforms.core.resources import rules_dir
     from transforms.grade.packs import find_pack_by_version, pack_for_month
-    from transforms.runs.simulate import (SimulationError, default_directory,
-                                     official_pack_version, simulate, text_report, write_simulation)
+    from transforms.report.simulation import default_directory, text_report, write_simulation
+    from transforms.runs.simulate import SimulationError, official_pack_version, simulate
     from transforms.warehouse.db import connect, warehouse_path
 
     month = Month.parse(args.month)

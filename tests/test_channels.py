@@ -15,8 +15,9 @@ from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
 from transforms.core.resources import channels_config
 from transforms.deliver.channels import ChannelConfigError, ChannelError, load_channels
 from transforms.deliver.outbox import write_outbox
-from transforms.deliver.render import (OutFile, count_mismatches, points_expiring, render_month, render_nightly_lost,
+from transforms.deliver.render import (OutFile, count_mismatches, render_month, render_nightly_lost,
                                        render_points_expiry)
+from transforms.warehouse.inputs import points_expiring
 from transforms.ingest.control import read_control, verify_control
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import ingest_delivery
@@ -266,7 +267,7 @@ def test_points_expiry_notice_by_hand(tmp_path):
              ("2026-02-01", "P2", "2023-08-01", 300, 0),  # fully redeemed
              ("2026-07-01", "P6", "2023-07-01", 0, 700)]  # the 2023-07 lot expired at the end of July
     con.executemany("INSERT INTO staging.points_move VALUES (CAST(? AS DATE), ?, CAST(? AS DATE), ?, ?)", moves)
-    expiring = points_expiring(con, JUL, expiry_months=36)
+    expiring = points_expiring(con, JUL, PACK.points.expiry_months)
     assert expiring.rows() == [("P1", 650), ("P3", 400), ("P4", 200), ("P6", 80)]  # P1: 1000 - 250 - 100
     open_lots = con.sql("""
         SELECT l.subs_id, l.earn_month, l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS remaining
@@ -338,14 +339,14 @@ def test_configuration_is_data_not_code(tmp_path):
 def test_nightly_lost_notice_for_vanished_rated_subscriber_on_the_month_end_snapshot(graded):
     _, con = graded
     # G (STAR1 from the June grading, in effect in July) vanishes from ACCT_20260731
-    [lost] = render_nightly_lost(con, date(2026, 7, 31), CHANNELS)
+    [lost] = render_nightly_lost(con, date(2026, 7, 31), CHANNELS, PACK.unrated)
     assert lost.relpath == "sms/daily/20260731/lost.jsonl"
     assert lost.payload.decode().splitlines() == [
         '{"msisdn":"13800000000","template":"TIER_LOST","parameters":'
         '{"from_tier":"STAR1","to_tier":"UNRATED","effective_date":"20260731"}}']
     # L was cancelled in ACCT_20260630, before any tier was in effect (the June tiers start 2026-07-01)
-    assert render_nightly_lost(con, date(2026, 6, 30), CHANNELS)[0].records == 0
-    assert render_nightly_lost(con, date(2026, 7, 15), CHANNELS) == []  # no snapshot that day
+    assert render_nightly_lost(con, date(2026, 6, 30), CHANNELS, PACK.unrated)[0].records == 0
+    assert render_nightly_lost(con, date(2026, 7, 15), CHANNELS, PACK.unrated) == []  # no snapshot that day
 
 
 def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(graded):
@@ -361,7 +362,7 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
     deliver(home, "20260810", "ACCT_20260810.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260810.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    files = render_nightly_lost(con, date(2026, 8, 10), CHANNELS)
+    files = render_nightly_lost(con, date(2026, 8, 10), CHANNELS, PACK.unrated)
     # In effect on 2026-08-10: the July tiers. A STAR5 (cancelled: its number of that day), B STAR5 (vanished:
     # its last known number); H was UNRATED (IOT).
     assert [json.loads(line) for line in files[0].payload.decode().splitlines()] == [
@@ -371,9 +372,9 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
          "parameters": {"from_tier": "STAR5", "to_tier": "UNRATED", "effective_date": "20260810"}}]
     write_outbox(home, files)
     written = (home / "outbox" / "sms" / "daily" / "20260810" / "lost.jsonl").read_bytes()
-    assert render_nightly_lost(con, date(2026, 8, 10), CHANNELS)[0].payload == written  # rerun: same bytes
+    assert render_nightly_lost(con, date(2026, 8, 10), CHANNELS, PACK.unrated)[0].payload == written  # rerun: same bytes
     # the next snapshot still shows A cancelled and B gone: they were told once, on 2026-08-10
     deliver(home, "20260811", "ACCT_20260811.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260811.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    assert render_nightly_lost(con, date(2026, 8, 11), CHANNELS)[0].records == 0
+    assert render_nightly_lost(con, date(2026, 8, 11), CHANNELS, PACK.unrated)[0].records == 0

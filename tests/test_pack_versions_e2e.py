@@ -34,7 +34,7 @@ def graded(tmp_path_factory):
 
     def grade(month, run_id="test"):
         options = MonthlyOptions(accept_mass_change=True,
-                                 previous_pack_version=pack_in_force(rules, "six-star", month - 1).version)
+                                 previous_pack=pack_in_force(rules, "six-star", month - 1))
         return run_monthly(con, month, pack_in_force(rules, "six-star", month), run_id, options)
 
     for m in month_range(JAN, JUL):
@@ -70,4 +70,4 @@ def test_m_minus_1_graded_with_another_version_than_in_force_is_refused(graded):
     con, rules, _ = graded
     v2 = pack_in_force(rules, "six-star", JUL)
     with pytest.raises(MonthlyError, match="2026-06 is stale"):
-        run_monthly(con, JUL, v2, "x", MonthlyOptions(accept_mass_change=True, previous_pack_version=v2.version))
+        run_monthly(con, JUL, v2, "x", MonthlyOptions(accept_mass_change=True, previous_pack=v2))

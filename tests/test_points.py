@@ -7,14 +7,23 @@ import polars as pl
 import pytest
 
 from transforms.core.calendar import Month
-from transforms.grade.points import (
-    apply_points_month,
-    expiring_next_month,
-    prior_year_points,
-    roll_open_lots,
-)
+from transforms.grade import points
+from transforms.grade.points import prior_year_points
 
 MAY = Month.parse("2026-05")  # M-36 = 2023-05, M-35 = 2023-06
+EXPIRY = 36  # six-star's points.expiry_months: points of M expire at the end of M+36
+
+
+def apply_points_month(month, open_lots, redemptions, accrual_base, expiry_months=EXPIRY):
+    return points.apply_points_month(month, open_lots, redemptions, accrual_base, expiry_months)
+
+
+def roll_open_lots(month, open_lots, result):
+    return points.roll_open_lots(month, open_lots, result, EXPIRY)
+
+
+def expiring_next_month(month, open_lots_after_m):
+    return points.expiring_next_month(month, open_lots_after_m, EXPIRY)
 
 
 def lots(*rows):

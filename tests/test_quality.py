@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.test_monthly_golden import JAN, JUL, JUN, PACK, graded_golden
-from transforms.runs.monthly import aggregate_subscriber_month
+from transforms.warehouse.marts import write_subscriber_month
 from transforms.quality.gates import (GateFailed, gate_breaker, gate_grading_inputs, gate_outputs, gate_raw_file,
                                 outputs_frame, run_suite, substitute)
 from transforms.warehouse.db import connect
@@ -106,7 +106,7 @@ def test_a_bill_holding_half_the_province_fails(con):
     # against June's 335000 fen from 12: 210000 / 335000 = 0.6269 and 5 / 12 = 0.4167, both under 0.8.
     with altered(con, "DELETE FROM raw.bill WHERE file_name = 'BILL_202607.dat' "
                       "AND subs_id IN ('A', 'B', 'C', 'E', 'F', 'H')"):
-        aggregate_subscriber_month(con, JUL, True)
+        write_subscriber_month(con, JUL, True)
         result = gate_grading_inputs(con, JUL)
     assert failed_lines(result) == [
         "expect_column_values_to_be_between(consumption_ratio): 1 of 1 unexpected, e.g. ['2026-07: 0.6269']",

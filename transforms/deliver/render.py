@@ -79,23 +79,6 @@ def change_facts(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
     return facts.with_columns(entitlements=signed.list.join(LIST_SEPARATOR))
 
 
-def points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int = 36) -> pl.DataFrame:
-    """subs_id, points: what is left at the end of M of the lot that expires at the end of M+1 (earned minus
-    what the monthly runs up to M redeemed or expired from it).
-
-    Same result as points.expiring_next_month over the open lots after M, computed in DuckDB: Polars' group_by
-    over millions of string keys costs seconds on 2 cores, this a fraction of one."""
-    return con.sql("""
-        WITH lot AS (SELECT subs_id, sum(earned) AS earned FROM staging.points_lot
-                     WHERE earn_month = $lot GROUP BY subs_id),
-             used AS (SELECT subs_id, sum(redeemed + expired) AS used FROM staging.points_move
-                      WHERE earn_month = $lot AND month <= $m GROUP BY subs_id)
-        SELECT subs_id, CAST(earned - coalesce(used, 0) AS BIGINT) AS points
-        FROM lot LEFT JOIN used USING (subs_id)
-        WHERE earned - coalesce(used, 0) > 0
-        ORDER BY subs_id""", params={"m": month.first_day, "lot": (month + 1 - expiry_months).first_day}).pl()
-
-
 def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame) -> pl.DataFrame:
     """Expiring points of subscribers in S(M) who are not cancelled (a cancelled number may be reassigned)."""
     con.register("expiring_points", expiring.select("subs_id", pl.col("points").cast(pl.Int64)))
@@ -111,7 +94,7 @@ def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.Data
         con.unregister("expiring_points")
 
 
-def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str = "UNRATED") -> pl.DataFrame:
+def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.DataFrame:
     """Holders of a rated tier on `day` who are CANCELLED in, or vanished from, that day's snapshot, and were
     present and not cancelled in the snapshot before (so one cancellation gives one notice).
 
@@ -156,7 +139,7 @@ def render_month(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Ch
 
 def render_points_expiry(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel],
                          expiring: pl.DataFrame) -> list[OutFile]:
-    """The points-expiry notices of M; `expiring` is subs_id, points (see points_expiring)."""
+    """The points-expiry notices of M; `expiring` is subs_id, points (warehouse.inputs.points_expiring)."""
     targets = by_feed(channels, POINTS)
     if not targets:
         return []
@@ -165,7 +148,7 @@ def render_points_expiry(con: duckdb.DuckDBPyConnection, month: Month, channels:
 
 
 def render_nightly_lost(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel],
-                        unrated: str = "UNRATED") -> list[OutFile]:
+                        unrated: str) -> list[OutFile]:
     """The LOST notices of `day`; none when no ACCT snapshot is dated that day (nothing to compare)."""
     targets = by_feed(channels, DAILY_LOST)
     if not targets or not scalar(con, "SELECT count(*) FROM ops.snapshot WHERE snapshot_date = ?", [day]):

@@ -31,7 +31,7 @@ class PointsMonth:
 
 
 def apply_points_month(month: Month, open_lots: pl.DataFrame, redemptions: pl.DataFrame,
-                       accrual_base: pl.DataFrame, expiry_months: int = 36) -> PointsMonth:
+                       accrual_base: pl.DataFrame, expiry_months: int) -> PointsMonth:
     """Runs the points timeline of `month` over the lots left at the end of the month before."""
     _check_inputs(month, open_lots, redemptions, accrual_base, expiry_months)
     expiring_lot = (month - expiry_months).first_day
@@ -56,7 +56,7 @@ def apply_points_month(month: Month, open_lots: pl.DataFrame, redemptions: pl.Da
 
 
 def roll_open_lots(month: Month, open_lots: pl.DataFrame, result: PointsMonth,
-                   expiry_months: int = 36) -> pl.DataFrame:
+                   expiry_months: int) -> pl.DataFrame:
     """The open lots at the end of `month` (the input of month + 1), from those at the end of the month before.
 
     The lot of month - expiry_months is always gone (redeemed or expired); only redeemers' other lots change.
@@ -89,7 +89,7 @@ def prior_year_points(month: Month, lots: pl.DataFrame) -> pl.DataFrame:
             .sort(_SUBS))
 
 
-def expiring_next_month(month: Month, open_lots_after_m: pl.DataFrame, expiry_months: int = 36) -> pl.DataFrame:
+def expiring_next_month(month: Month, open_lots_after_m: pl.DataFrame, expiry_months: int) -> pl.DataFrame:
     """subs_id, points: what is left of lot (M+1) - expiry_months, i.e. what expires at the end of M+1."""
     expiring_lot = (month + 1 - expiry_months).first_day
     return (open_lots_after_m.filter((pl.col("earn_month") == expiring_lot) & (pl.col("remaining") > 0))

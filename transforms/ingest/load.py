@@ -52,7 +52,8 @@ class IngestResult:
 
 
 def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
-                    max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> IngestResult:
+                    max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
+                    results_dir: Path | None = None) -> IngestResult:
     """Loads one delivered file in one transaction (see module docstring for the outcomes)."""
     name = delivery.name
     current = first_row(
@@ -78,14 +79,15 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     try:
         with transaction(con):
             orphans, quarantined, loaded = _load(con, home, delivery, parsed, control, md5, run_id)
-    except GateFailed as failed:  # gate 1: the load is rolled back and the file rejected whole
+            gate_raw_file(con, name.file_name, results_dir).raise_if_failed()  # gate 1, inside the load
+    except GateFailed as failed:  # gate 1 failed: the load is rolled back and the file rejected whole
         return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
                        control, md5, parsed)
     return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans)
 
 
 def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5: str, run_id: str):
-    """Replaces any older delivery of the file by this one and validates the result (gate 1)."""
+    """Replaces any older delivery of the file by this one: raw rows, quarantine and the delivery record."""
     name = delivery.name
     _supersede(con, name.file_name)
     records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
@@ -99,13 +101,7 @@ def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5:
     _insert_quarantine(con, delivery, quarantine, run_id)
     _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
                      "LOADED", None, run_id)
-    gate_raw_file(con, name.file_name, quality_dir(home, run_id)).raise_if_failed()
     return orphans, quarantine.height, records.height
-
-
-def quality_dir(home: Path, run_id: str) -> Path:
-    """Where a run keeps Great Expectations' validation results."""
-    return Path(home) / "ops" / "quality" / run_id
 
 
 def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:

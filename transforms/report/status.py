@@ -8,7 +8,7 @@ import duckdb
 from transforms.core.calendar import Month
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import reconciliation_failures
-from transforms.runs.monthly import stale_months
+from transforms.runs.month_state import stale_months
 from transforms.warehouse.db import scalar
 
 

@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
+
+
+def quality_dir(home: Path, run_id: str) -> Path:
+    """Where a run keeps Great Expectations' validation results."""
+    return Path(home) / "ops" / "quality" / run_id
 
 
 def start_run(con: duckdb.DuckDBPyConnection, flow: str, period: str, pack_name: str | None = None,
@@ -24,3 +32,22 @@ def finish_run(con: duckdb.DuckDBPyConnection, run_id: str, status: str, message
                    checks = ?, timings = ?, finished_at = ? WHERE run_id = ?""",
                 [status, message, json.dumps(input_files or []), json.dumps(output_files or []),
                  json.dumps(checks or {}), json.dumps(timings or {}), datetime.now(), run_id])
+
+
+class StepTimer:
+    """Wall seconds per named step of a run, for ops.run_ledger.timings ({"steps": {...}, "seconds": total})."""
+
+    def __init__(self):
+        self.steps: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[name] = round(self.steps.get(name, 0.0) + time.monotonic() - started, 3)
+
+    def as_dict(self) -> dict:
+        return {"seconds": round(time.monotonic() - self._started, 3), "steps": dict(self.steps)}

@@ -1,44 +1,52 @@
-"""Mart tables derived from the graded tiers: grade_change, tier_history, tier_current, tier_summary.
+"""The writers of the staging and mart layers, one function per table (or ledger) and grading month.
 
-Each function replaces the partition of one grading month (delete + insert), so reruns are idempotent.
-Tier order comes from the rule pack and is passed as a parameter, never spliced into SQL.
+Each function replaces the partition of one month (delete + insert), so reruns are idempotent: the monthly
+aggregates (mart.subscriber_month), the points ledger and balances, the graded tiers (mart.tier_assignment) and
+changes (mart.grade_change), and the tables derived from them: tier_history, tier_current, tier_summary.
+Inputs come as frames from transforms.grade (pure) or as SQL over the tables already written.
 """
 from __future__ import annotations
 
 from datetime import date
 
 import duckdb
+import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.warehouse.db import scalar
+from transforms.grade.points import PointsMonth
+from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
+
+SUM6_MONTHS = 6  # mart.subscriber_month.sum6_fen: cons of M-5..M, NULL until BILL covers them
 
 
-def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, tiers: list[str]) -> int:
-    """Compares the tier for M with the tier for M-1 (the unrated tier where there was no row).
+def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version: str, metrics: pl.DataFrame,
+                          assignment: pl.DataFrame) -> None:
+    """mart.tier_assignment of M: the graded rows with the metrics analysts read beside them."""
+    rows = assignment.join(metrics.select("subs_id", "sum6_fen", "tenure_months", "prior_year_points", "susp12",
+                                          "region_code"), on="subs_id", how="left")
+    con.execute("DELETE FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day])
+    con.register("assigned", rows)
+    try:
+        con.execute("""
+            INSERT INTO mart.tier_assignment
+            SELECT $m, subs_id, tier, reason, computed_tier, protected, sum6_fen, tenure_months, prior_year_points,
+                   susp12, tags, $version, region_code
+            FROM assigned ORDER BY subs_id""", {"m": month.first_day, "version": version})
+    finally:
+        con.unregister("assigned")
 
-    NEW: unrated -> rated; UPGRADE / DOWNGRADE between rated tiers; LOST: rated -> unrated, including a
-    subscriber absent from S(M). Unchanged subscribers get no row.
-    """
+
+def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, changes: pl.DataFrame) -> None:
+    """mart.grade_change of M from grading.grade_changes."""
     con.execute("DELETE FROM mart.grade_change WHERE grade_month = ?", [month.first_day])
-    con.execute("""
-        INSERT INTO mart.grade_change
-        WITH cur AS (SELECT subs_id, tier, reason FROM mart.tier_assignment WHERE grade_month = $m),
-             prev AS (SELECT subs_id, tier FROM mart.tier_assignment WHERE grade_month = $prev),
-             pairs AS (
-                SELECT coalesce(cur.subs_id, prev.subs_id) AS subs_id,
-                       coalesce(prev.tier, $unrated) AS from_tier, coalesce(cur.tier, $unrated) AS to_tier,
-                       coalesce(cur.reason, 'ABSENT_FROM_SNAPSHOT') AS reason
-                FROM cur FULL OUTER JOIN prev ON cur.subs_id = prev.subs_id)
-        SELECT $m, subs_id, from_tier, to_tier,
-               CASE WHEN from_tier = $unrated THEN 'NEW'
-                    WHEN to_tier = $unrated THEN 'LOST'
-                    WHEN list_position($tiers, to_tier) > list_position($tiers, from_tier) THEN 'UPGRADE'
-                    ELSE 'DOWNGRADE' END,
-               reason, []::VARCHAR[], []::VARCHAR[]
-        FROM pairs WHERE from_tier <> to_tier
-        ORDER BY subs_id""",
-                {"m": month.first_day, "prev": (month - 1).first_day, "unrated": tiers[0], "tiers": tiers})
-    return int(scalar(con, "SELECT count(*) FROM mart.grade_change WHERE grade_month = ?", [month.first_day]))
+    con.register("changes", changes)
+    try:
+        con.execute("""
+            INSERT INTO mart.grade_change
+            SELECT $m, subs_id, from_tier, to_tier, change_type, reason, entitlements_gained, entitlements_lost
+            FROM changes ORDER BY subs_id""", {"m": month.first_day})
+    finally:
+        con.unregister("changes")
 
 
 def rebuild_tier_history(con: duckdb.DuckDBPyConnection, month: Month) -> None:
@@ -111,3 +119,68 @@ def write_tier_summary(con: duckdb.DuckDBPyConnection, month: Month) -> None:
                coalesce(upgraded_in, 0), coalesce(downgraded_in, 0), coalesce(lost_from, 0)
         FROM into_tier FULL OUTER JOIN lost USING (region_code, tier)
         ORDER BY region_code, tier""", {"m": month.first_day, "prev": (month - 1).first_day})
+
+
+def write_subscriber_month(con: duckdb.DuckDBPyConnection, month: Month, sum6_complete: bool) -> None:
+    """mart.subscriber_month for M from BILL_M (GIFT and DEPOSIT excluded from consumption), with sum6 from
+    the stored aggregates of M-5..M-1 (a subscriber without rows in a delivered month counts 0)."""
+    m = month.first_day
+    item_sums = ",\n".join(f"coalesce(sum(amount_fen) FILTER (WHERE item_code = '{item}'), 0) "
+                           f"AS {item.lower()}_fen" for item in BILL_ITEMS)
+    con.execute("DELETE FROM mart.subscriber_month WHERE month = ?", [m])
+    con.execute(f"""
+        INSERT INTO mart.subscriber_month
+        WITH items AS (
+            SELECT subs_id,
+                   coalesce(sum(amount_fen) FILTER (WHERE NOT list_contains($excluded, item_code)), 0)
+                       AS cons_fen,
+                   {item_sums}
+            FROM raw.bill WHERE bill_month = $m GROUP BY subs_id),
+        earlier AS (
+            SELECT subs_id, sum(cons_fen) AS cons5 FROM mart.subscriber_month
+            WHERE month >= $from AND month < $m GROUP BY subs_id)
+        SELECT $m, items.*, CASE WHEN $complete THEN items.cons_fen + coalesce(earlier.cons5, 0) END
+        FROM items LEFT JOIN earlier USING (subs_id)
+        ORDER BY subs_id""", {"m": m, "from": (month - (SUM6_MONTHS - 1)).first_day, "complete": sum6_complete,
+                              "excluded": list(EXCLUDED_FROM_CONSUMPTION)})
+
+
+def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMonth) -> None:
+    """The points ledger of M (new lots, what M took from older lots, the redemptions and their outcome) and
+    mart.points_balance; a rejected redemption is quarantined with its file and line."""
+    m = month.first_day
+    for table, column in (("staging.points_lot", "earn_month"), ("staging.points_move", "month"),
+                          ("staging.redemption", "month"), ("mart.points_balance", "month")):
+        con.execute(f"DELETE FROM {table} WHERE {column} = ?", [m])
+    con.execute("DELETE FROM ops.quarantine WHERE reason = 'INSUFFICIENT_POINTS' AND period = ?", [m])
+    con.register("new_lots", result.new_lots)
+    con.execute("INSERT INTO staging.points_lot SELECT subs_id, earn_month, earned FROM new_lots")
+    con.register("lot_changes", result.lot_changes)
+    con.execute("INSERT INTO staging.points_move SELECT ?, subs_id, earn_month, redeemed, expired "
+                "FROM lot_changes", [m])
+    con.register("accepted", result.accepted)
+    con.register("rejected", result.rejected)
+    con.execute("""INSERT INTO staging.redemption
+                   SELECT $m, txn_id, subs_id, txn_time, points, 'APPLIED' FROM accepted
+                   UNION ALL SELECT $m, txn_id, subs_id, txn_time, points, 'INSUFFICIENT_POINTS' FROM rejected
+                   ORDER BY 2""", {"m": m})
+    # A redemption larger than the balance is quarantined with its file and line, never applied in part.
+    con.execute("""INSERT INTO ops.quarantine
+                   SELECT r.file_name, NULL, r.line_no,
+                          concat_ws('|', r.txn_id, r.subs_id, strftime(r.txn_time, '%Y%m%d%H%M%S'),
+                                    r.points, r.channel),
+                          'INSUFFICIENT_POINTS',
+                          'redemption of ' || r.points || ' points, balance at its time ' || x.balance_at_time,
+                          $m, NULL
+                   FROM rejected x JOIN raw.redeem r USING (txn_id) ORDER BY r.file_name, r.line_no""", {"m": m})
+    con.register("balances", result.balances)
+    con.execute("""
+        INSERT INTO mart.points_balance
+        WITH pyp AS (SELECT subs_id, sum(earned) AS prior_year_points FROM staging.points_lot
+                     WHERE year(earn_month) = $year - 1 GROUP BY subs_id)
+        SELECT $m, subs_id, coalesce(b.earned, 0), coalesce(b.redeemed, 0), coalesce(b.expired, 0),
+               coalesce(b.balance, 0), coalesce(pyp.prior_year_points, 0)
+        FROM balances b FULL OUTER JOIN pyp USING (subs_id)
+        ORDER BY subs_id""", {"m": m, "year": month.year})
+    for name in ("new_lots", "lot_changes", "accepted", "rejected", "balances"):
+        con.unregister(name)

@@ -1,0 +1,173 @@
+"""What a grading month reads from the warehouse (staging and mart layers), as Polars frames.
+
+Each function reads one input of month M; transforms.grade.grading turns them into tiers and changes, and
+transforms.warehouse.marts writes the results. Everything here only reads, so simulate can use it on a
+read-only connection.
+"""
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import polars as pl
+
+from transforms.core.calendar import Month
+from transforms.grade.rulepack import RulePack
+
+
+def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date) -> pl.DataFrame:
+    """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE), sorted by
+    subs_id (the engine's fast paths rely on it)."""
+    return con.sql("""
+        WITH sm AS (
+            SELECT subs_id,
+                   sum(cons_fen) FILTER (WHERE month = $m) AS cons_fen,
+                   sum(cons_fen) FILTER (WHERE month >= $m3) AS sum3_fen,
+                   sum(cons_fen) FILTER (WHERE month >= $m6) AS sum6_fen,
+                   sum(cons_fen) AS sum12_fen,
+                   sum(cons_fen) FILTER (WHERE month >= $m6 AND month < $m) AS cons_prev5_fen,
+                   sum(cons_fen) FILTER (WHERE month = $m6) AS cons_m5_fen,
+                   sum(data_fen) FILTER (WHERE month = $m) AS data_fen,
+                   sum(roam_fen) FILTER (WHERE month = $m) AS roam_fen,
+                   count(*) FILTER (WHERE month >= $m6 AND roam_fen > 0) AS roam_months6
+            FROM mart.subscriber_month WHERE month >= $m12 AND month <= $m GROUP BY subs_id),
+        susp AS (
+            SELECT subs_id, count(*) FILTER (WHERE susp_type = 'ARREARS_TWOWAY') AS susp12,
+                   count(*) FILTER (WHERE susp_type = 'ARREARS_ONEWAY') AS susp12_oneway
+            FROM raw.susp WHERE event_time >= $m12 AND event_time < $next GROUP BY subs_id),
+        lots AS (
+            SELECT subs_id,
+                   sum(earned) FILTER (WHERE year(earn_month) = $year - 1) AS prior_year_points,
+                   sum(earned) FILTER (WHERE earn_month >= $m12) AS points_earned_12m
+            FROM staging.points_lot WHERE earn_month <= $m GROUP BY subs_id),
+        bal AS (SELECT subs_id, balance FROM mart.points_balance WHERE month = $m)
+        SELECT snap.subs_id, snap.status, snap.subs_type, snap.brand, snap.region_code, snap.manager_id,
+               snap.realname_flag, snap.vip_flag, snap.group_key_flag,
+               CAST($m_index - (year(snap.open_date) * 12 + month(snap.open_date) - 1) + 1 AS BIGINT)
+                   AS tenure_months,
+               coalesce(sm.cons_fen, 0)::BIGINT AS cons_fen, coalesce(sm.sum3_fen, 0)::BIGINT AS sum3_fen,
+               coalesce(sm.sum6_fen, 0)::BIGINT AS sum6_fen, coalesce(sm.sum12_fen, 0)::BIGINT AS sum12_fen,
+               coalesce(sm.cons_prev5_fen, 0)::BIGINT AS cons_prev5_fen,
+               coalesce(sm.cons_m5_fen, 0)::BIGINT AS cons_m5_fen,
+               coalesce(sm.data_fen, 0)::BIGINT AS data_fen, coalesce(sm.roam_fen, 0)::BIGINT AS roam_fen,
+               coalesce(sm.roam_months6, 0)::BIGINT AS roam_months6,
+               coalesce(susp.susp12, 0)::BIGINT AS susp12, coalesce(susp.susp12_oneway, 0)::BIGINT AS susp12_oneway,
+               coalesce(lots.prior_year_points, 0)::BIGINT AS prior_year_points,
+               coalesce(lots.points_earned_12m, 0)::BIGINT AS points_earned_12m,
+               coalesce(bal.balance, 0)::BIGINT AS points_balance
+        FROM raw.snapshot_as_of($snap) snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
+        LEFT JOIN lots USING (subs_id) LEFT JOIN bal USING (subs_id)
+        ORDER BY snap.subs_id""", params={
+        "snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
+        "m12": (month - 11).first_day, "next": (month + 1).first_day, "year": month.year,
+        "m_index": month.index}).pl()
+
+
+def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
+    """Overrides holding for M (subs_id, tier, override_id, reason, approved_by): the latest delivery of each
+    override_id wins; tier NONE revokes; at most one per subscriber (the latest delivered)."""
+    return con.sql("""
+        WITH latest AS (
+            SELECT o.*, d.day FROM raw.override o
+            JOIN ops.delivery d ON d.file_name = o.file_name AND d.status = 'LOADED'
+             AND d.period <= strftime($last_day, '%Y%m%d')  -- what was delivered by M's end (the fingerprint's set)
+            QUALIFY row_number() OVER (PARTITION BY override_id ORDER BY d.day DESC, o.file_name DESC,
+                                       o.line_no DESC) = 1)
+        SELECT subs_id, tier, override_id, reason, approved_by FROM latest
+        WHERE tier <> 'NONE' AND from_month <= $m AND to_month >= $m
+        QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY day DESC, override_id DESC) = 1
+        ORDER BY subs_id""", params={"m": month.first_day, "last_day": month.last_day}).pl()
+
+
+def tier_spells(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
+    """Tier in effect during M (graded for M-1) and the grading month its spell began: subs_id, prev_tier,
+    since_month."""
+    return con.sql("""
+        SELECT h.subs_id, h.tier AS prev_tier, CAST(h.valid_from - INTERVAL 1 MONTH AS DATE) AS since_month
+        FROM mart.tier_history h
+        WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m)""",
+                   params={"m": month.first_day}).pl()
+
+
+def assignment_of(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
+    """mart.tier_assignment of a month (subs_id, tier, reason, tags, region_code), sorted by subs_id; empty
+    when the month was not graded."""
+    return con.sql("SELECT subs_id, tier, reason, tags, region_code FROM mart.tier_assignment "
+                   "WHERE grade_month = $m ORDER BY subs_id", params={"m": month.first_day}).pl()
+
+
+def last_known_contacts(con: duckdb.DuckDBPyConnection, snapshot: date, subs_ids: pl.DataFrame) -> pl.DataFrame:
+    """region_code and manager_id of the given subscribers from their latest version dated on or before the
+    snapshot (a subscriber absent from S(M) keeps the owner of their last known version)."""
+    con.register("wanted_subs", subs_ids.select("subs_id"))
+    try:
+        return con.sql("""
+            SELECT h.subs_id, h.region_code, h.manager_id FROM raw.subscriber_history h SEMI JOIN wanted_subs USING (subs_id)
+            WHERE h.valid_from <= $snap
+            QUALIFY row_number() OVER (PARTITION BY h.subs_id ORDER BY h.valid_from DESC) = 1
+            ORDER BY h.subs_id""", params={"snap": snapshot}).pl()
+    finally:
+        con.unregister("wanted_subs")
+
+
+# --- points --------------------------------------------------------------------------------------------------
+
+def open_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
+    """Points lots with something left at the end of M-1 (subs_id, earn_month, remaining); lots older than the
+    expiry are gone, their moves never read again."""
+    return con.sql("""
+        SELECT l.subs_id, l.earn_month,
+               CAST(l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS BIGINT) AS remaining
+        FROM staging.points_lot l
+        LEFT JOIN staging.points_move mv
+               ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month < $m
+              AND mv.earn_month >= $oldest
+        WHERE l.earn_month < $m AND l.earn_month >= $oldest
+        GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""",
+                   params={"m": month.first_day, "oldest": (month - expiry_months).first_day}).pl()
+
+
+def redemptions_of(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
+    """The redemptions dated in M: txn_id, subs_id, txn_time, points."""
+    return con.sql("SELECT txn_id, subs_id, txn_time, points FROM raw.redeem WHERE txn_time >= ? AND txn_time < ?",
+                   params=[month.first_day, (month + 1).first_day]).pl()
+
+
+def accrual_base(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack) -> pl.DataFrame:
+    """subs_id, cons_fen of M and the multiplier (mult_num / mult_den) of the tier in effect during M: the tier
+    graded for M-1, the unrated tier's when there is none."""
+    multipliers = pl.DataFrame(
+        {"tier": list(pack.points.multipliers),
+         "mult_num": [f.numerator for f in pack.points.multipliers.values()],
+         "mult_den": [f.denominator for f in pack.points.multipliers.values()]},
+        schema={"tier": pl.Utf8, "mult_num": pl.Int64, "mult_den": pl.Int64})
+    unrated = pack.points.multipliers[pack.unrated]
+    con.register("multipliers", multipliers)
+    try:
+        return con.sql("""
+            SELECT s.subs_id, s.cons_fen, coalesce(k.mult_num, $num) AS mult_num,
+                   coalesce(k.mult_den, $den) AS mult_den
+            FROM mart.subscriber_month s
+            LEFT JOIN mart.tier_assignment a ON a.subs_id = s.subs_id AND a.grade_month = $prev
+            LEFT JOIN multipliers k ON k.tier = a.tier
+            WHERE s.month = $m""", params={"m": month.first_day, "prev": (month - 1).first_day,
+                                           "num": unrated.numerator, "den": unrated.denominator}).pl()
+    finally:
+        con.unregister("multipliers")
+
+
+def points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
+    """subs_id, points: what is left at the end of M of the lot that expires at the end of M+1 (earned minus
+    what the monthly runs up to M redeemed or expired from it).
+
+    Same result as points.expiring_next_month over the open lots after M, computed in DuckDB: Polars' group_by
+    over millions of string keys costs seconds on 2 cores, this a fraction of one."""
+    return con.sql("""
+        WITH lot AS (SELECT subs_id, sum(earned) AS earned FROM staging.points_lot
+                     WHERE earn_month = $lot GROUP BY subs_id),
+             used AS (SELECT subs_id, sum(redeemed + expired) AS used FROM staging.points_move
+                      WHERE earn_month = $lot AND month <= $m GROUP BY subs_id)
+        SELECT subs_id, CAST(earned - coalesce(used, 0) AS BIGINT) AS points
+        FROM lot LEFT JOIN used USING (subs_id)
+        WHERE earned - coalesce(used, 0) > 0
+        ORDER BY subs_id""", params={"m": month.first_day, "lot": (month + 1 - expiry_months).first_day}).pl()
