@@ -23,6 +23,8 @@ import polars as pl
 from transforms.core.calendar import Month
 from transforms.deliver.channels import (LIST_SEPARATOR, CHANGES, DAILY_LOST, POINTS, Channel, ChannelError,
                                          by_feed)
+from transforms.grade.grading import ABSENT_REASON
+from transforms.ingest.control import control_line
 from transforms.warehouse.db import scalar, snapshot_date_for
 
 
@@ -58,11 +60,8 @@ def change_facts(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
         raise ChannelError(f"{month} is not graded: no channel files")
     facts = con.sql("""
         WITH chg AS (SELECT * FROM mart.grade_change WHERE grade_month = $m),
-             who AS (
-                SELECT h.subs_id, h.msisdn, h.region_code, h.manager_id
-                FROM raw.subscriber_history h SEMI JOIN chg USING (subs_id)
-                WHERE h.valid_from <= $snap
-                QUALIFY row_number() OVER (PARTITION BY h.subs_id ORDER BY h.valid_from DESC) = 1),
+             who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
+                     SEMI JOIN chg USING (subs_id)),
              tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m)
         SELECT chg.subs_id, who.msisdn, chg.from_tier, chg.to_tier, chg.change_type, chg.reason,
                $effective AS effective_date, $grade_month AS grade_month,
@@ -85,8 +84,7 @@ def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.Data
     try:
         return con.sql("""
             SELECT e.subs_id, h.msisdn, h.region_code, h.manager_id, e.points, $expiry AS expiry_date
-            FROM expiring_points e JOIN raw.subscriber_history h
-              ON h.subs_id = e.subs_id AND h.valid_from <= $snap AND (h.valid_to IS NULL OR h.valid_to > $snap)
+            FROM expiring_points e JOIN raw.snapshot_as_of($snap) h USING (subs_id)
             WHERE e.points > 0 AND h.status <> 'CANCELLED'
             ORDER BY e.subs_id""", params={"snap": _snapshot_for(con, month),
                                            "expiry": (month + 1).last_day.strftime("%Y%m%d")}).pl()
@@ -105,23 +103,20 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
         WITH held AS (
                 SELECT subs_id, tier FROM mart.tier_history
                 WHERE valid_from <= $d AND (valid_to IS NULL OR valid_to > $d) AND tier <> $unrated),
-             versions AS (
-                SELECT h.* FROM raw.subscriber_history h SEMI JOIN held USING (subs_id) WHERE h.valid_from <= $d),
-             on_day AS (SELECT subs_id, status AS status_on_day FROM versions
-                        WHERE valid_to IS NULL OR valid_to > $d),
-             before AS (SELECT subs_id, status AS status_before FROM versions
-                        WHERE valid_from <= $prev AND (valid_to IS NULL OR valid_to > $prev)),
-             last_known AS (SELECT subs_id, msisdn, region_code, manager_id FROM versions
-                            QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1)
+             on_day AS (SELECT subs_id, status AS status_on_day FROM raw.snapshot_as_of($d)
+                        SEMI JOIN held USING (subs_id)),
+             before AS (SELECT subs_id, status AS status_before FROM raw.snapshot_as_of($prev)
+                        SEMI JOIN held USING (subs_id)),
+             last_known AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($d)
+                            SEMI JOIN held USING (subs_id))
         SELECT held.subs_id, lk.msisdn, held.tier AS from_tier, $unrated AS to_tier, 'LOST' AS change_type,
-               CASE WHEN on_day.subs_id IS NULL THEN 'ABSENT_FROM_SNAPSHOT' ELSE 'INELIGIBLE_CANCELLED' END
-                   AS reason,
+               CASE WHEN on_day.subs_id IS NULL THEN $absent ELSE 'CANCELLED_IN_SNAPSHOT' END AS reason,
                $effective AS effective_date, lk.region_code, lk.manager_id
         FROM held LEFT JOIN on_day USING (subs_id) LEFT JOIN before USING (subs_id)
         LEFT JOIN last_known lk USING (subs_id)
         WHERE (on_day.subs_id IS NULL OR status_on_day = 'CANCELLED')
           AND (CAST($prev AS DATE) IS NULL OR coalesce(status_before, 'CANCELLED') <> 'CANCELLED')
-        ORDER BY held.subs_id""", params={"d": day, "prev": previous, "unrated": unrated,
+        ORDER BY held.subs_id""", params={"d": day, "prev": previous, "unrated": unrated, "absent": ABSENT_REASON,
                                           "effective": day.strftime("%Y%m%d")}).pl()
 
 
@@ -169,8 +164,7 @@ def render(channel: Channel, facts: pl.DataFrame, relpath: str) -> OutFile:
     payload = _encode(channel, relpath, text)
     control = None
     if channel.format == "pipe_gbk_with_chk":
-        control = (f"{Path(relpath).name}|{rows.height}|{len(payload)}|{hashlib.md5(payload).hexdigest()}|"
-                   f"{channel.encoding}\n").encode("ascii")
+        control = control_line(Path(relpath).name, rows.height, payload, channel.encoding)
     return OutFile(channel.name, relpath, payload, rows.height, control)
 
 

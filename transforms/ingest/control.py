@@ -6,10 +6,11 @@ tests that craft deliveries (the control file is written last, as the BOSS sende
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from transforms.core.files import write_atomic
 
 ENCODINGS = ("GBK", "UTF-8")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -80,19 +81,17 @@ def verify_control(dat_path: Path, control: ControlFile) -> str:
     return md5
 
 
+def control_line(file_name: str, record_count: int, payload: bytes, encoding: str) -> bytes:
+    """The one line of a control file for `payload` (the exact bytes of the .dat)."""
+    return f"{file_name}|{record_count}|{len(payload)}|{hashlib.md5(payload).hexdigest()}|{encoding}\n".encode("ascii")
+
+
 def write_delivery(day_dir: Path, file_name: str, payload: bytes, record_count: int,
                    encoding: str = "GBK") -> Path:
-    """Writes `<file_name>` and then its `.chk` into a landing day folder; returns the .dat path.
-
-    `payload` is the exact bytes of the file (already encoded, lines ending in \\n).
-    """
-    day_dir.mkdir(parents=True, exist_ok=True)
-    dat = day_dir / file_name
-    tmp = dat.with_name(dat.name + ".part")
-    tmp.write_bytes(payload)
-    os.replace(tmp, dat)
-    line = f"{file_name}|{record_count}|{len(payload)}|{hashlib.md5(payload).hexdigest()}|{encoding}\n"
-    dat.with_suffix(".chk").write_bytes(line.encode("ascii"))
+    """Writes `<file_name>` and then its `.chk` into a landing day folder, as the BOSS sender does; returns the
+    .dat path. `payload` is the exact bytes of the file (already encoded, lines ending in \\n)."""
+    dat = write_atomic(day_dir / file_name, payload)
+    write_atomic(dat.with_suffix(".chk"), control_line(file_name, record_count, payload, encoding))
     return dat
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import duckdb
 
+from transforms.core.files import FILE_MODE, aside_path, commit, fsync_file, remove_leftovers
+
 PUBLISHED_DIR = "published"
 PUBLISHED_FILE = "warehouse.duckdb"
 # ops.quarantine is left out: its raw_text can hold personal data from ACCT lines.
@@ -24,9 +26,8 @@ def published_path(home: Path) -> Path:
 def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
     target = published_path(home)
     target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    for leftover in target.parent.glob(f".{PUBLISHED_FILE}.*.tmp"):  # from a run killed mid-publish
-        leftover.unlink()
-    tmp = target.with_name(f".{PUBLISHED_FILE}.{os.getpid()}.tmp")
+    remove_leftovers(target)  # of a run killed mid-publish
+    tmp = aside_path(target)
     mart_tables = [r[0] for r in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
         "AND schema_name = 'mart' ORDER BY 1").fetchall()]
@@ -39,8 +40,7 @@ def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
             con.execute(f'CREATE TABLE pub.ops."{table}" AS SELECT * FROM ops."{table}"')
     finally:
         con.execute("DETACH pub")
-    os.chmod(tmp, 0o640)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    os.chmod(tmp, FILE_MODE)
+    fsync_file(tmp)
+    commit(tmp, target)
     return target

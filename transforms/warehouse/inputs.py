@@ -96,20 +96,6 @@ def assignment_of(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
                    "WHERE grade_month = $m ORDER BY subs_id", params={"m": month.first_day}).pl()
 
 
-def last_known_contacts(con: duckdb.DuckDBPyConnection, snapshot: date, subs_ids: pl.DataFrame) -> pl.DataFrame:
-    """region_code and manager_id of the given subscribers from their latest version dated on or before the
-    snapshot (a subscriber absent from S(M) keeps the owner of their last known version)."""
-    con.register("wanted_subs", subs_ids.select("subs_id"))
-    try:
-        return con.sql("""
-            SELECT h.subs_id, h.region_code, h.manager_id FROM raw.subscriber_history h SEMI JOIN wanted_subs USING (subs_id)
-            WHERE h.valid_from <= $snap
-            QUALIFY row_number() OVER (PARTITION BY h.subs_id ORDER BY h.valid_from DESC) = 1
-            ORDER BY h.subs_id""", params={"snap": snapshot}).pl()
-    finally:
-        con.unregister("wanted_subs")
-
-
 # --- points --------------------------------------------------------------------------------------------------
 
 def open_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
