@@ -14,9 +14,16 @@ from pathlib import Path
 from flows.rules_cli import cmd_rules, cmd_simulate
 from transforms.core.calendar import Month, parse_day
 
-# Prefect's per-task INFO logs drown the progress lines; operators can lower it again with the env variable.
+# Prefect's per-task INFO logs drown the progress lines, and its tracebacks of a failed run would bury the one-line
+# cause: its console output is off unless TIERFLOW_DEBUG is set (its logs still reach a Prefect server). Operators
+# can set these variables themselves.
+DEBUG = bool(os.environ.get("TIERFLOW_DEBUG"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+if not DEBUG:
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL each run starts a temporary server; on a loaded machine it needs more than 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 DEMO_SUBSCRIBERS = 5_000
 DEMO_START = Month(2025, 1)
@@ -100,14 +107,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tierflow: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the operator gets the cause in one line, the detail after
-        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"tierflow {args.command}: error: {cause}", file=sys.stderr)
-        if os.environ.get("TIERFLOW_DEBUG"):
+    except Exception as exc:  # the operator gets the cause in one line first, a short hint after
+        print(f"tierflow {args.command}: error: {_cause(exc)}", file=sys.stderr)
+        if DEBUG:
             traceback.print_exc()
         else:
-            print(f"  ({type(exc).__name__}; set TIERFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
+            print("  (set TIERFLOW_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run() -> None:
+    """The `tierflow` command: main(), then an exit without the interpreter's shutdown noise (native extensions
+    report 'leaked' objects on stderr at exit; our output is flushed first, atexit handlers still run)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not DEBUG:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
+    sys.exit(code)
 
 
 def cmd_generate(args, home: Path) -> int:
@@ -172,4 +195,4 @@ COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "nightly": cmd_nightly, 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from transforms.core.faults import fault_point
+
 FILE_MODE = 0o640  # outputs carry subscriber data: never world-readable
 
 
@@ -52,16 +54,19 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def commit(tmp: Path, path: Path) -> None:
-    """Renames a file written aside over its target and makes the rename durable."""
+def commit(tmp: Path, path: Path, kind: str) -> None:
+    """Renames a file written aside over its target and makes the rename durable; `kind` names the file's kind
+    for fault injection (before-rename:<kind>, after-rename:<kind>)."""
+    fault_point(f"before-rename:{kind}")
     os.replace(tmp, path)
     fsync_dir(path.parent)
+    fault_point(f"after-rename:{kind}")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
-    """Puts `data` at `path` atomically and durably."""
+def write_atomic(path: Path, data: bytes, kind: str, mode: int = FILE_MODE) -> Path:
+    """Puts `data` at `path` atomically and durably (`kind`: see commit)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    commit(write_aside(path, data, mode), path)
+    commit(write_aside(path, data, mode), path, kind)
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from transforms.core.faults import fault_point
 from transforms.core.files import fsync_dir, holds, write_aside
 from transforms.deliver.channels import OUTBOX, ChannelError, check_relpath
 from transforms.deliver.render import OutFile
@@ -61,5 +62,7 @@ def _replace_all(parts: list[tuple[Path, bytes]]) -> None:
     for path, _ in parts[1:]:
         path.unlink(missing_ok=True)  # the old control file goes first
     for (path, _), tmp in zip(parts, temps):
+        fault_point("before-rename:outbox")
         os.replace(tmp, path)
-    fsync_dir(parts[0][0].parent)
+        fsync_dir(path.parent)
+        fault_point("after-rename:outbox")

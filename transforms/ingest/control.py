@@ -90,8 +90,8 @@ def write_delivery(day_dir: Path, file_name: str, payload: bytes, record_count: 
                    encoding: str = "GBK") -> Path:
     """Writes `<file_name>` and then its `.chk` into a landing day folder, as the BOSS sender does; returns the
     .dat path. `payload` is the exact bytes of the file (already encoded, lines ending in \\n)."""
-    dat = write_atomic(day_dir / file_name, payload)
-    write_atomic(dat.with_suffix(".chk"), control_line(file_name, record_count, payload, encoding))
+    dat = write_atomic(day_dir / file_name, payload, "landing")
+    write_atomic(dat.with_suffix(".chk"), control_line(file_name, record_count, payload, encoding), "landing")
     return dat
 
 

@@ -77,7 +77,7 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     except FileRejected as rejected:
         return _reject(con, home, delivery, run_id, rejected, control, md5, parsed)
     try:
-        with transaction(con):
+        with transaction(con, "ingest"):
             orphans, quarantined, loaded = _load(con, home, delivery, parsed, control, md5, run_id)
             gate_raw_file(con, name.file_name, results_dir).raise_if_failed()  # gate 1, inside the load
     except GateFailed as failed:  # gate 1 failed: the load is rolled back and the file rejected whole
@@ -120,7 +120,7 @@ def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
 def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, control=None, md5=None,
             parsed: ParsedFile | None = None) -> IngestResult:
     """Records a whole-file rejection; line-level findings are kept too so the sender can fix the file."""
-    with transaction(con):
+    with transaction(con, "ingest"):
         file_row = pl.DataFrame({"line_no": [None], "raw_text": [None], "reason": [rejected.reason],
                                  "detail": [rejected.detail]},
                                 schema={"line_no": pl.Int64, "raw_text": pl.Utf8, "reason": pl.Utf8,
@@ -137,7 +137,7 @@ def _record_superseded(con, home, delivery: Delivery, run_id: str, why: str) -> 
     seen = scalar(con, "SELECT count(*) FROM ops.delivery WHERE file_name = ? AND day = ?",
                   [delivery.name.file_name, delivery.day])
     if not seen:
-        with transaction(con):
+        with transaction(con, "ingest"):
             _insert_delivery(con, home, delivery, None, None, 0, 0, 0, "SUPERSEDED", why, run_id)
     return IngestResult(delivery.name.file_name, delivery.day, "SUPERSEDED", reason=why)
 

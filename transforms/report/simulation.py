@@ -151,6 +151,6 @@ def _sign(change: int) -> str:
 
 def write_simulation(sim: Simulation, directory: Path) -> list[Path]:
     """Writes migration.csv, entitlements.csv and simulation.html (each atomically)."""
-    return [write_atomic(directory / name, text.encode("utf-8"))
+    return [write_atomic(directory / name, text.encode("utf-8"), "report")
             for name, text in ((MIGRATION_CSV, migration_csv(sim)), (ENTITLEMENTS_CSV, entitlements_csv(sim)),
                                (PAGE, html_page(sim)))]

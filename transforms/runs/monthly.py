@@ -72,7 +72,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     check_ordering(con, month, previous_pack.version)
     gradable = window_complete(con, month, pack.grading_window)
     steps = StepTimer()
-    with transaction(con):
+    with transaction(con, "monthly"):
         with steps("aggregate"):
             write_subscriber_month(con, month, window_complete(con, month, SUM6_MONTHS))
         with steps("gate_grading_inputs"):

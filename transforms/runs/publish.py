@@ -11,7 +11,8 @@ from pathlib import Path
 
 import duckdb
 
-from transforms.core.files import FILE_MODE, aside_path, commit, fsync_file, remove_leftovers
+from transforms.core.faults import fault_point
+from transforms.core.files import FILE_MODE, aside_path, fsync_dir, fsync_file, remove_leftovers
 
 PUBLISHED_DIR = "published"
 PUBLISHED_FILE = "warehouse.duckdb"
@@ -42,5 +43,8 @@ def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
         con.execute("DETACH pub")
     os.chmod(tmp, FILE_MODE)
     fsync_file(tmp)
-    commit(tmp, target)
+    fault_point("before-swap:publish")
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    fault_point("after-swap:publish")
     return target

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from transforms.core.faults import fault_point
 from transforms.ingest.layouts import BILL_ITEMS
 
 WAREHOUSE_FILE = "warehouse.duckdb"
@@ -158,15 +159,18 @@ def connect(home: Path, read_only: bool = False, threads: int | None = None,
 
 
 @contextmanager
-def transaction(con: duckdb.DuckDBPyConnection):
-    """All-or-nothing unit of work: commit on success, roll back on any error."""
+def transaction(con: duckdb.DuckDBPyConnection, unit: str):
+    """All-or-nothing unit of work: commit on success, roll back on any error. `unit` names the kind of work
+    for fault injection (transforms.core.faults: before-commit:<unit>, after-commit:<unit>)."""
     con.execute("BEGIN TRANSACTION")
     try:
         yield con
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    fault_point(f"before-commit:{unit}")
     con.execute("COMMIT")
+    fault_point(f"after-commit:{unit}")
 
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> tuple | None:
