@@ -13,26 +13,31 @@ DIR_MODE = 0o750  # the outbox carries msisdn: never world-readable
 
 
 def write_outbox(home: Path, files: list[OutFile]) -> list[Path]:
-    """Writes each file atomically under <home>/outbox/ and returns the paths (a control file after its data).
-
-    Each file is written aside (hidden name, same directory), fsynced and renamed over the old one; an old
-    control file is removed before its data file changes, so a reader never pairs new data with an old control
-    file. A file whose bytes are already in place is left untouched. Leftovers of a killed run are removed.
-    """
+    """Writes each file (see write_new) and returns the paths written, a control file after its data file."""
     for out in files:  # refuse a bad path before writing anything
         check_relpath(out.relpath, ChannelError, f"outbox file {out.relpath!r}")
+    return [path for out in files for path in write_new(home, out)]
+
+
+def write_new(home: Path, out: OutFile) -> list[Path]:
+    """Puts one channel file (and its control file, last) under <home>/outbox/, atomically and durably.
+
+    A file once written has been sent: it is never rewritten with other content. Finding the same bytes in
+    place (a run killed after writing, before recording it) is fine; finding other bytes refuses the write.
+    """
     Path(home).mkdir(parents=True, exist_ok=True)
     root = Path(home) / OUTBOX
     _make_dirs(root, Path(home))
-    written: list[Path] = []
-    for out in files:
-        target = _target(root, out.relpath)
-        parts = [(target, out.payload)]
-        if out.control is not None:
-            parts.append((_target(root, out.control_relpath), out.control))
-        _replace_all(parts)
-        written.extend(p for p, _ in parts)
-    return written
+    parts = [(_target(root, out.relpath), out.payload)]
+    if out.control is not None:
+        parts.append((_target(root, out.control_relpath), out.control))
+    for path, data in parts:
+        if path.exists() and not holds(path, data):
+            raise ChannelError(f"outbox file {path.relative_to(root)} was already sent with other content: "
+                               "refusing to overwrite it (corrections go to a numbered set)")
+    if not all(holds(path, data) for path, data in parts):
+        _write_in_order(parts)
+    return [path for path, _ in parts]
 
 
 def _make_dirs(path: Path, stop: Path) -> None:
@@ -55,12 +60,9 @@ def _target(root: Path, relpath: str) -> Path:
     return target
 
 
-def _replace_all(parts: list[tuple[Path, bytes]]) -> None:
-    if all(holds(path, data) for path, data in parts):
-        return  # rerun: the same bytes are already delivered
+def _write_in_order(parts: list[tuple[Path, bytes]]) -> None:
+    """Each part written aside first, then renamed in order: the control file appears after its data file."""
     temps = [write_aside(path, data) for path, data in parts]
-    for path, _ in parts[1:]:
-        path.unlink(missing_ok=True)  # the old control file goes first
     for (path, _), tmp in zip(parts, temps):
         fault_point("before-rename:outbox")
         os.replace(tmp, path)

@@ -21,8 +21,7 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import (LIST_SEPARATOR, CHANGES, DAILY_LOST, POINTS, Channel, ChannelError,
-                                         by_feed)
+from transforms.deliver.channels import LIST_SEPARATOR, Channel, ChannelError
 from transforms.grade.grading import ABSENT_REASON
 from transforms.ingest.control import control_line
 from transforms.warehouse.db import scalar, snapshot_date_for
@@ -54,24 +53,32 @@ def _snapshot_for(con, month: Month) -> date:
     return snap
 
 
-def change_facts(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
-    """Grade changes of M with the subscriber's contact and owner from S(M) (last known version when absent)."""
+def change_facts(con: duckdb.DuckDBPyConnection, month: Month, records: pl.DataFrame) -> pl.DataFrame:
+    """Every field a change channel may carry for the given records of M (corrections.CHANGE_COLUMNS + kind):
+    the subscriber's contact and owner from S(M) (the last known version when absent), tags of M, the reason of
+    M's grade change (REVERSAL for a reversal), the effective date, sorted by subs_id."""
     if not scalar(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day]):
         raise ChannelError(f"{month} is not graded: no channel files")
-    facts = con.sql("""
-        WITH chg AS (SELECT * FROM mart.grade_change WHERE grade_month = $m),
-             who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
-                     SEMI JOIN chg USING (subs_id)),
-             tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m)
-        SELECT chg.subs_id, who.msisdn, chg.from_tier, chg.to_tier, chg.change_type, chg.reason,
-               $effective AS effective_date, $grade_month AS grade_month,
-               list_sort(chg.entitlements_gained) AS entitlements_gained,
-               list_sort(chg.entitlements_lost) AS entitlements_lost,
-               who.region_code, who.manager_id, list_sort(coalesce(tags.tags, []::VARCHAR[])) AS tags
-        FROM chg LEFT JOIN who USING (subs_id) LEFT JOIN tags USING (subs_id)
-        ORDER BY chg.subs_id""", params={
-        "m": month.first_day, "snap": _snapshot_for(con, month),
-        "effective": (month + 1).first_day.strftime("%Y%m%d"), "grade_month": month.compact}).pl()
+    con.register("channel_records", records)
+    try:
+        facts = con.sql("""
+            WITH who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
+                         SEMI JOIN channel_records USING (subs_id)),
+                 tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m),
+                 why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m)
+            SELECT r.subs_id, who.msisdn, r.from_tier, r.to_tier, r.change_type,
+                   CASE WHEN r.kind = 'REVERSAL' THEN 'REVERSAL' ELSE why.reason END AS reason,
+                   $effective AS effective_date, $grade_month AS grade_month,
+                   list_sort(r.entitlements_gained) AS entitlements_gained,
+                   list_sort(r.entitlements_lost) AS entitlements_lost,
+                   who.region_code, who.manager_id, list_sort(coalesce(tags.tags, []::VARCHAR[])) AS tags
+            FROM channel_records r LEFT JOIN who USING (subs_id) LEFT JOIN tags USING (subs_id)
+            LEFT JOIN why USING (subs_id)
+            ORDER BY r.subs_id""", params={
+            "m": month.first_day, "snap": _snapshot_for(con, month),
+            "effective": (month + 1).first_day.strftime("%Y%m%d"), "grade_month": month.compact}).pl()
+    finally:
+        con.unregister("channel_records")
     # BOSS form of the entitlement changes: gained then lost, each sorted, e.g. +VIP_LOUNGE;-NIGHT_NO_SUSPEND
     signed = pl.concat_list(pl.col("entitlements_gained").list.eval(pl.lit("+") + pl.element()),
                             pl.col("entitlements_lost").list.eval(pl.lit("-") + pl.element()))
@@ -121,36 +128,6 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
 
 
 # --- rendering ----------------------------------------------------------------------------------------------------
-
-def render_month(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> list[OutFile]:
-    """The monthly change files (boss, sms, crm as configured) of graded month M."""
-    targets = by_feed(channels, CHANGES)
-    if not targets:
-        return []
-    facts = change_facts(con, month)
-    return [render(c, facts.filter(pl.col("change_type").is_in(list(c.changes))), c.relpath(month))
-            for c in targets]
-
-
-def render_points_expiry(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel],
-                         expiring: pl.DataFrame) -> list[OutFile]:
-    """The points-expiry notices of M; `expiring` is subs_id, points (warehouse.inputs.points_expiring)."""
-    targets = by_feed(channels, POINTS)
-    if not targets:
-        return []
-    facts = points_facts(con, month, expiring)
-    return [render(c, facts, c.relpath(month)) for c in targets]
-
-
-def render_nightly_lost(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel],
-                        unrated: str) -> list[OutFile]:
-    """The LOST notices of `day`; none when no ACCT snapshot is dated that day (nothing to compare)."""
-    targets = by_feed(channels, DAILY_LOST)
-    if not targets or not scalar(con, "SELECT count(*) FROM ops.snapshot WHERE snapshot_date = ?", [day]):
-        return []
-    facts = lost_facts(con, day, unrated)
-    return [render(c, facts, c.relpath(Month.of(day), day)) for c in targets]
-
 
 def render(channel: Channel, facts: pl.DataFrame, relpath: str) -> OutFile:
     """One channel file from its facts (already sorted by subs_id)."""
@@ -214,26 +191,3 @@ def _encode(channel: Channel, relpath: str, text: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise ChannelError(f"{relpath}: {text[exc.start:exc.end]!r} cannot be written in {channel.encoding}") \
             from None
-
-
-# --- checks -------------------------------------------------------------------------------------------------------
-
-def count_mismatches(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel],
-                     files: list[OutFile]) -> list[str]:
-    """quality.md gate 3: each change file holds as many records (and lines) as grade_change has rows of the
-    change types it carries. Empty when every file agrees."""
-    counts = dict(con.execute("SELECT change_type, count(*) FROM mart.grade_change WHERE grade_month = ? "
-                              "GROUP BY ALL", [month.first_day]).fetchall())
-    produced = {f.channel: f for f in files}
-    problems = []
-    for channel in by_feed(channels, CHANGES):
-        expected = sum(counts.get(t, 0) for t in channel.changes)
-        out = produced.get(channel.name)
-        if out is None:
-            problems.append(f"{channel.name}: no file rendered for {month}")
-            continue
-        lines = out.payload.count(b"\n") - (1 if channel.format == "csv" else 0)
-        if out.records != expected or lines != expected:
-            problems.append(f"{out.relpath}: {out.records} records in {lines} lines, grade_change has {expected} "
-                            f"({', '.join(channel.changes)})")
-    return problems

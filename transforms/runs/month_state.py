@@ -76,13 +76,6 @@ def is_current(con, month: Month, pack_version: str) -> bool:
     return stored is not None and stored == fingerprint(con, month, pack_version)
 
 
-def is_up_to_date(con, month: Month, pack_version: str) -> bool:
-    """Current and its files delivered: a run killed after its commit but before writing the outbox is not
-    up to date, so the next backfill redoes it (byte for byte)."""
-    return bool(scalar(con, "SELECT delivered FROM ops.month_state WHERE month = ?", [month.first_day])) \
-        and is_current(con, month, pack_version)
-
-
 def stale_months(con) -> list[Month]:
     """Processed months whose inputs, pack or predecessor changed since they were processed."""
     rows = con.execute("SELECT month, pack_version FROM ops.month_state ORDER BY month").fetchall()
@@ -105,13 +98,8 @@ def check_ordering(con, month: Month, previous_pack_version: str) -> None:
 
 
 def record_month_state(con, month: Month, pack: RulePack, graded: bool, run_id: str) -> None:
-    """M is processed (graded or aggregated only) with this pack and these inputs; delivered once its files are out."""
+    """M is processed (graded or aggregated only) with this pack and these inputs (what it owes is in ops.owed)."""
     con.execute("DELETE FROM ops.month_state WHERE month = ?", [month.first_day])
-    con.execute("INSERT INTO ops.month_state VALUES (?, ?, ?, ?, ?, ?, ?, false)",
+    con.execute("INSERT INTO ops.month_state VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [month.first_day, graded, pack.name, pack.version, fingerprint(con, month, pack.version), run_id,
                  datetime.now()])
-
-
-def mark_delivered(con, month: Month) -> None:
-    """Channel files are in the outbox and the analysts' copy is published: the month is complete."""
-    con.execute("UPDATE ops.month_state SET delivered = true WHERE month = ?", [month.first_day])

@@ -6,9 +6,12 @@ The steps, in order (each timed for ops.run_ledger):
   points          redemptions, expiry and accrual of M -> points ledger and mart.points_balance
   grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M ->
                   tier_assignment, grade_change, tier_history, tier_current, tier_summary
-  render          the channel files of M (written by the caller once the transaction has committed)
+  render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
+                  sets of a regrade, recorded as told
   gate 3, gate 4  outputs, then the circuit breaker
-A failed gate raises GateFailed and leaves the warehouse as it was.
+and, in the same transaction, the effects it owes (transforms.runs.owed): its channel files and the
+publication, delivered once it has committed. A failed gate raises GateFailed and leaves the warehouse as it
+was.
 """
 from __future__ import annotations
 
@@ -19,13 +22,15 @@ from pathlib import Path
 import duckdb
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import CHANGES, POINTS, Channel, by_feed
-from transforms.deliver.render import OutFile, render_month, render_points_expiry
+from transforms.deliver.channels import Channel
+from transforms.deliver.render import OutFile
+from transforms.deliver.sets import month_sets, record_sets, told_counts
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.points import apply_points_month
 from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
+from transforms.runs.owed import PUBLISH, owe, owe_files
 from transforms.runs.month_state import (MonthlyError, check_ordering, record_month_state, require_bill,
                                          window_complete)
 from transforms.warehouse import inputs
@@ -83,20 +88,24 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
         if gradable:
             with steps("grade"):
                 result = _grade(con, month, pack, previous_pack, snapshot)
-            with steps("render"):
-                result.files = _render_changes(con, month, options.channels)
-            with steps("gate_outputs"):
-                checks.append(gate_outputs(con, month, pack, _channel_counts(result.files, options.channels),
-                                           options.results_dir).raise_if_failed().as_dict())
-            with steps("gate_breaker"):
-                checks.append(gate_breaker(con, month, pack, options.accept_mass_change,
-                                           options.results_dir).raise_if_failed().as_dict())
         else:
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
-            result.files += _render_points_expiry(con, month, pack, options.channels)
+            sets = month_sets(con, month, list(options.channels), gradable,
+                              inputs.points_expiring(con, month, pack.points.expiry_months))
+            record_sets(con, sets)
+        if gradable:
+            with steps("gate_outputs"):
+                checks.append(gate_outputs(con, month, pack, told_counts(con, month, list(options.channels)),
+                                           options.results_dir).raise_if_failed().as_dict())
+            with steps("gate_breaker"):
+                checks.append(gate_breaker(con, month, pack, options.accept_mass_change,
+                                           options.results_dir).raise_if_failed().as_dict())
+        result.files = [s.out for s in sets]
         result.points, result.checks = points, checks
+        owe_files(con, result.files, run_id)
+        owe(con, PUBLISH, "", run_id)
         record_month_state(con, month, pack, gradable, run_id)
     result.timings = steps.as_dict()
     return result
@@ -137,21 +146,3 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
     return MonthlyResult(month, graded=True, subscribers=graded.assignment.height,
                          changes=dict(graded.changes.group_by("change_type").len().iter_rows()),
                          tiers=dict(graded.assignment.group_by("tier").len().iter_rows()))
-
-
-def _render_changes(con, month: Month, channels: tuple[Channel, ...]) -> list[OutFile]:
-    return render_month(con, month, list(channels)) if by_feed(list(channels), CHANGES) else []
-
-
-def _render_points_expiry(con, month: Month, pack: RulePack, channels: tuple[Channel, ...]) -> list[OutFile]:
-    if not by_feed(list(channels), POINTS):
-        return []
-    expiring = inputs.points_expiring(con, month, pack.points.expiry_months)
-    return render_points_expiry(con, month, list(channels), expiring)
-
-
-def _channel_counts(files: list[OutFile], channels: tuple[Channel, ...]) -> dict:
-    """Records written per change channel, with the change types it carries (gate 3 compares them with
-    mart.grade_change); a configured channel that rendered no file counts 0."""
-    written = {f.channel: f.records for f in files}
-    return {ch.name: (written.get(ch.name, 0), ch.changes) for ch in by_feed(list(channels), CHANGES)}

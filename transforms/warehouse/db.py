@@ -126,8 +126,26 @@ CREATE TABLE IF NOT EXISTS ops.snapshot (
 );
 CREATE TABLE IF NOT EXISTS ops.month_state (
     month DATE NOT NULL, graded BOOLEAN NOT NULL, pack_name VARCHAR, pack_version VARCHAR,
-    fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP,
-    delivered BOOLEAN NOT NULL DEFAULT false  -- channel files written and analysts' copy published
+    fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP
+);
+-- Effects a committed unit of work owes (recorded in its transaction, removed once done): OUTBOX files with
+-- their bytes, PUBLISH of the analysts' copy, a REPORT of a month. Any later run delivers them first.
+CREATE TABLE IF NOT EXISTS ops.owed (
+    effect VARCHAR NOT NULL, target VARCHAR NOT NULL, channel VARCHAR, payload BLOB, control BLOB,
+    records BIGINT, md5 VARCHAR, run_id VARCHAR, owed_since TIMESTAMP
+);
+-- Every channel file written (a file once written is never rewritten with other content).
+CREATE TABLE IF NOT EXISTS ops.outbox_file (
+    relpath VARCHAR NOT NULL, channel VARCHAR NOT NULL, records BIGINT NOT NULL, md5 VARCHAR NOT NULL,
+    run_id VARCHAR, written_at TIMESTAMP
+);
+-- What each channel was told per grading month, record by record in the order sent (seq): the base of the
+-- correction sets (transforms.deliver.corrections). No personal data: subs_id and the change only.
+CREATE TABLE IF NOT EXISTS ops.sent_record (
+    channel VARCHAR NOT NULL, period DATE NOT NULL, seq BIGINT NOT NULL, relpath VARCHAR NOT NULL,
+    subs_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,  -- CHANGE, REVERSAL, NIGHTLY_LOST, NOTICE
+    from_tier VARCHAR, to_tier VARCHAR, change_type VARCHAR,
+    entitlements_gained VARCHAR[], entitlements_lost VARCHAR[], points BIGINT
 );
 CREATE TABLE IF NOT EXISTS ops.run_ledger (
     run_id VARCHAR NOT NULL, flow VARCHAR NOT NULL, period VARCHAR, pack_name VARCHAR, pack_version VARCHAR,

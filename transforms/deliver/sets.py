@@ -1,0 +1,130 @@
+"""The channel sets of a month or a day: what each channel is sent now, rendered, and recorded as told.
+
+A graded month sends each change channel its first file (set 1, `GRADE_CHG_202512.dat`, always written, empty
+when nothing changed), and every regrade that changes what the channel must know sends a numbered correction
+set (`GRADE_CHG_202512_02.dat`, ...) holding only the difference (transforms.deliver.corrections). The
+points-expiry notice works the same way, without reversals (a reminder is not taken back). A day whose ACCT
+snapshot shows cancellations sends the nightly LOST notices, which count as told to the SMS gateway for that
+day's month, so the month's SMS file does not repeat them.
+
+The caller records the sets (record_sets) and owes their files in the transaction that commits the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import PurePosixPath
+
+import duckdb
+import polars as pl
+
+from transforms.core.calendar import Month
+from transforms.deliver.channels import CHANGES, DAILY_LOST, POINTS, Channel, by_feed
+from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
+                                            told_state)
+from transforms.deliver.render import OutFile, change_facts, lost_facts, points_facts, render
+from transforms.warehouse.db import scalar
+
+# The nightly LOST notices go out through the SMS gateway: they count as told to the sms channel.
+GATEWAY_OF = {"sms_lost_daily": "sms"}
+
+
+@dataclass(frozen=True)
+class ChannelSet:
+    channel: str            # the channel the records count as told to (the gateway for nightly notices)
+    period: Month           # the grading month they are about
+    kind: str               # CHANGE (with REVERSAL records), NIGHTLY_LOST or NOTICE
+    records: pl.DataFrame   # subs_id and what was told: CHANGE_COLUMNS (+ kind) or points
+    out: OutFile
+
+
+def numbered(relpath: str, set_no: int) -> str:
+    """The file of set n: the configured name for set 1, `<stem>_<nn><suffix>` after it."""
+    if set_no == 1:
+        return relpath
+    path = PurePosixPath(relpath)
+    return str(path.with_name(f"{path.stem}_{set_no:02d}{path.suffix}"))
+
+
+def month_sets(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel], graded: bool,
+               expiring: pl.DataFrame) -> list[ChannelSet]:
+    """The sets month M sends now: when graded, per change channel the difference between M's grade changes and
+    what it was told; per points channel the notices not yet sent (`expiring`: subs_id, points)."""
+    sets = []
+    for channel in by_feed(channels, CHANGES) if graded else []:
+        in_force = con.sql("SELECT subs_id, from_tier, to_tier, change_type, entitlements_gained, entitlements_lost "
+                           "FROM mart.grade_change WHERE grade_month = $m AND list_contains($types, change_type) "
+                           "ORDER BY subs_id", params={"m": month.first_day, "types": list(channel.changes)}).pl()
+        records = change_set(in_force, told_state(_sent(con, channel.name, month)), channel.carries_entitlements)
+        relpath = _free_relpath(con, channel.relpath(month))
+        if records.height or relpath == channel.relpath(month):
+            out = render(channel, change_facts(con, month, records), relpath)
+            sets.append(ChannelSet(channel.name, month, CHANGE, records, out))
+    for channel in by_feed(channels, POINTS):
+        notices = points_facts(con, month, expiring)
+        told = _sent(con, channel.name, month).sort("seq").group_by("subs_id", maintain_order=True).last()
+        fresh = notices.join(told.select("subs_id", "points"), on=["subs_id", "points"], how="anti")
+        relpath = _free_relpath(con, channel.relpath(month))
+        if fresh.height or relpath == channel.relpath(month):
+            out = render(channel, fresh, relpath)
+            sets.append(ChannelSet(channel.name, month, NOTICE, fresh.select("subs_id", "points"), out))
+    return sets
+
+
+def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel],
+                 unrated: str) -> list[ChannelSet]:
+    """The LOST notices of `day` not already told for its month; none when no ACCT snapshot is dated that day.
+    The day's first file is always written (empty when nobody was lost); a later one only with new notices."""
+    if not scalar(con, "SELECT count(*) FROM ops.snapshot WHERE snapshot_date = ?", [day]):
+        return []
+    month, sets = Month.of(day), []
+    for channel in by_feed(channels, DAILY_LOST):
+        gateway = GATEWAY_OF.get(channel.name, channel.name)
+        notices = new_notices(lost_facts(con, day, unrated), told_state(_sent(con, gateway, month)))
+        relpath = _free_relpath(con, channel.relpath(month, day))
+        if notices.height or relpath == channel.relpath(month, day):
+            records = notices.select("subs_id", "from_tier", "to_tier", "change_type",
+                                     entitlements_gained=pl.lit([], pl.List(pl.String)),
+                                     entitlements_lost=pl.lit([], pl.List(pl.String)))
+            sets.append(ChannelSet(gateway, month, NIGHTLY_LOST, records, render(channel, notices, relpath)))
+    return sets
+
+
+def record_sets(con: duckdb.DuckDBPyConnection, sets: list[ChannelSet]) -> None:
+    """Records what each set tells its channel (ops.sent_record), in order after everything told before."""
+    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM ops.sent_record") + 1
+    for n, item in enumerate(sets):
+        rows = item.records.with_columns(channel=pl.lit(item.channel), period=pl.lit(item.period.first_day),
+                                         seq=pl.lit(seq + n), relpath=pl.lit(item.out.relpath))
+        if "kind" not in rows.columns:
+            rows = rows.with_columns(kind=pl.lit(item.kind))
+        con.register("told_now", rows)
+        try:
+            columns = [c for c in (*CHANGE_COLUMNS, "points") if c in rows.columns]
+            con.execute(f"INSERT INTO ops.sent_record (channel, period, seq, relpath, kind, {', '.join(columns)}) "
+                        f"SELECT channel, period, seq, relpath, kind, {', '.join(columns)} FROM told_now "
+                        "ORDER BY subs_id")
+        finally:
+            con.unregister("told_now")
+
+
+def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> dict:
+    """Per change channel, the subscribers whose told state for M is a change, with the change types it carries:
+    what gate 3 compares with mart.grade_change."""
+    return {c.name: (told_state(_sent(con, c.name, month)).height, c.changes) for c in by_feed(channels, CHANGES)}
+
+
+def _sent(con, channel: str, month: Month) -> pl.DataFrame:
+    return con.sql("SELECT seq, kind, subs_id, from_tier, to_tier, change_type, entitlements_gained, "
+                   "entitlements_lost, points FROM ops.sent_record WHERE channel = $c AND period = $m "
+                   "ORDER BY seq, subs_id", params={"c": channel, "m": month.first_day}).pl()
+
+
+def _free_relpath(con, relpath: str) -> str:
+    """The first of relpath, relpath_02, ... not yet written nor owed."""
+    taken = {r[0] for r in con.execute("SELECT relpath FROM ops.outbox_file UNION SELECT target FROM ops.owed "
+                                       "WHERE effect = 'OUTBOX'").fetchall()}
+    set_no = 1
+    while numbered(relpath, set_no) in taken:
+        set_no += 1
+    return numbered(relpath, set_no)
