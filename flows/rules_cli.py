@@ -24,8 +24,8 @@ def _one_line(text: str) -> str:
 
 
 def describe_pack(pack) -> list[str]:
-    """Everything `rules check` shows: tiers, eligibility, rules, caps, protection, points, tags, entitlements
-    and the catalogue metrics the pack reads."""
+    """Everything `rules check` shows: tiers, eligibility, rules, caps, protection, points, tags, entitlements,
+    the catalogue metrics the pack reads and its grading window."""
     lines = [f"pack {pack.name}, version {pack.version} ({pack.source}): valid"]
     if pack.description:
         lines.append(f"description: {pack.description}")
@@ -54,6 +54,9 @@ def describe_pack(pack) -> list[str]:
     lines.append("entitlements:" if pack.entitlements else "entitlements: none")
     lines += [f"  {name}: {_one_line(c.text)}" for name, c in pack.entitlements.items()]
     lines.append("metrics used: " + ", ".join(sorted(pack.metrics_used())))
+    window = pack.grading_window  # BILL months grading month M reads
+    lines.append(f"grading window: {window} months of BILL (M-{window - 1}..M)" if window > 1
+                 else "grading window: 1 month of BILL (M)")
     return lines
 
 

@@ -4,6 +4,7 @@ on a tiny hand-made ledger; the nightly LOST notice; configuration refusals; ato
 from __future__ import annotations
 
 import json
+import re
 import stat
 from datetime import date
 from pathlib import Path
@@ -312,10 +313,11 @@ def _config_with(tmp_path: Path, old: str, new: str) -> Path:
     ("fields: [subs_id, msisdn, from_tier", "fields: [subs_id, balance, from_tier",
      r"\(boss\)\.fields: unknown field 'balance'"),
     ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST}",
-     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN}", r"\(sms\)\.templates: expected .*LOST"),
+     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN}", r"\(sms\)\.templates is missing 'LOST'"),
     ("changes: [NEW, UPGRADE, DOWNGRADE, LOST]\n    fields: [subs_id, msisdn",
      "changes: [NEW, PROMOTED]\n    fields: [subs_id, msisdn", r"\(boss\)\.changes: unknown change type 'PROMOTED'"),
-    ("format: pipe_gbk_with_chk", "format: xml", r"\(boss\)\.format: 'xml' is not one of"),
+    ("format: pipe_gbk_with_chk", "format: xml",
+     r"\(boss\)\.format must be pipe_gbk_with_chk, jsonl or csv, got 'xml'"),
     ("path: sms/{yyyymm}/points_expiry.jsonl", "path: sms/{yyyymm}/notices.jsonl",
      r"channels sms and points_expiry would write the same file"),
 ])
@@ -323,13 +325,55 @@ def test_bad_configuration_is_rejected_naming_file_and_key(tmp_path, old, new, m
     path = _config_with(tmp_path, old, new)
     with pytest.raises(ChannelConfigError, match=message) as caught:
         load_channels(path)
-    assert str(caught.value).startswith(f"{path}: ")
+    assert re.match(rf"{re.escape(str(path))}:[1-9][0-9]*: ", str(caught.value))
+
+
+# Two channels, the lines numbered by hand below (line 1 is "channels:").
+SMALL = """\
+channels:
+  - name: boss
+    format: pipe_gbk_with_chk
+    encoding: GBK
+    path: boss/{yyyymm}/GRADE_CHG_{yyyymm}.dat
+    changes: [NEW, UPGRADE, DOWNGRADE, LOST]
+    fields: [subs_id, msisdn, from_tier, to_tier, change_type, effective_date, entitlements]
+  - name: sms
+    format: jsonl
+    encoding: UTF-8
+    path: sms/{yyyymm}/notices.jsonl
+    changes: [NEW, UPGRADE]
+    fields:
+      - msisdn
+      - template
+    templates: {NEW: TIER_NEW, UPGRADE: TIER_UP}
+"""
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("TIER_UP}", "tier_up}", "16: channels[1] (sms).templates.UPGRADE: 'tier_up' is not a template name"),
+    ("      - template\n", "      - template\n      - cert_no\n",
+     "16: channels[1] (sms).fields: cert_no is personal data"),  # the line of the list entry
+    ("  - name: sms\n", "  - name: sms\n    colour: red\n", "9: unknown key 'colour' in channels[1] (expected name,"),
+    ("    encoding: UTF-8\n", "", "8: channels[1] is missing 'encoding'"),  # the line where the channel starts
+    ("path: sms/{yyyymm}/notices.jsonl", "path: boss/{yyyymm}/GRADE_CHG_{yyyymm}.dat",
+     "8: channels boss and sms would write the same file"),
+])
+def test_an_error_names_its_line(tmp_path, old, new, expected):
+    path = tmp_path / "channels.yaml"
+    path.write_text(SMALL, encoding="utf-8")
+    assert [c.name for c in load_channels(path)] == ["boss", "sms"]
+    assert old in SMALL
+    path.write_text(SMALL.replace(old, new), encoding="utf-8")
+    with pytest.raises(ChannelConfigError) as caught:
+        load_channels(path)
+    assert str(caught.value).startswith(f"{path}:{expected}")
 
 
 def test_configuration_is_data_not_code(tmp_path):
     path = tmp_path / "channels.yaml"
     path.write_text("channels: !!python/object/apply:os.system ['touch pwned']\n", encoding="utf-8")
-    with pytest.raises(ChannelConfigError, match="not valid YAML"):
+    with pytest.raises(ChannelConfigError, match="1: YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not "
+                                                 "allowed"):
         load_channels(path)
     assert not (tmp_path / "pwned").exists()
 

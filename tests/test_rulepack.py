@@ -1,4 +1,5 @@
-"""Loading rule packs (transforms/rulepack.py): the shipped six-star pack, and every kind of error with its line."""
+"""Loading rule packs (transforms/grade/rulepack.py): the shipped six-star pack, every kind of error with its line,
+and what a pack tells the rest of the pipeline (grading window, eligibility reasons, points expiry)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,8 @@ import pytest
 from transforms.core.calendar import Month
 from transforms.core.resources import rules_dir
 from transforms.grade.packs import pack_in_force, pack_versions
-from transforms.grade.rulepack import METRIC_CATALOGUE, PackError, load_pack, load_pack_text
+from flows.rules_cli import describe_pack
+from transforms.grade.rulepack import METRIC_BILL_MONTHS, METRIC_CATALOGUE, PackError, load_pack, load_pack_text
 
 SIX_STAR = rules_dir() / "six-star.yaml"
 
@@ -384,3 +386,58 @@ def test_the_packs_in_docs_metrics_md_load():
     loaded = [load_pack_text(b, f"docs/metrics.md block {i}") for i, b in enumerate(packs)]
     assert [p.name for p in loaded] == ["my-pack", "spend-bands"]
     assert loaded[1].tags["SLIPPING"].rule_fails is not None and loaded[1].protection_months == 6
+
+
+# --- what other code reads from the pack instead of assuming six-star --------------------------------------------
+
+@pytest.mark.parametrize("name, months", [("six-star", 6), ("national-score", 12), ("abc", 6), ("points-level", 12)])
+def test_grading_window_of_each_shipped_pack(name, months):
+    assert load_pack(rules_dir() / f"{name}.yaml").grading_window == months
+
+
+@pytest.mark.parametrize("old, new, months", [
+    ("", "", 6),  # sum6_fen in rule 1
+    ("sum6_fen >= 180000", "cons_fen >= 30000", 1),
+    ("sum6_fen >= 180000", "sum3_fen >= 90000", 3),
+    # the only 12-month metric behind a derived metric, a tag or a what-if value
+    ("rules:\n", "derived:\n  - {name: avg12, expr: sum12_fen / 12}\nrules:\n", 12),
+    ("protection_months: 12\n", "protection_months: 12\ntags:\n  LOYAL: points_earned_12m > 1000\n", 12),
+    ("protection_months: 12\n", "protection_months: 12\ntags:\n  SLIPPING:\n    when: reason = 'AVG6'\n"
+     "    assigning_rule_fails_with: {sum6_fen: sum12_fen / 2}\n", 12),
+    ("sum6_fen >= 180000", "susp12 >= 3", 1),  # susp12 counts events, not bills
+])
+def test_grading_window_is_the_longest_window_the_pack_reads(old, new, months):
+    assert load_pack_text(MINI.replace(old, new), "window.yaml").grading_window == months
+
+
+def test_rules_check_prints_the_grading_window():
+    assert describe_pack(load_pack(rules_dir() / "national-score.yaml"))[-1] == \
+        "grading window: 12 months of BILL (M-11..M)"
+    assert describe_pack(load_pack(SIX_STAR))[-1] == "grading window: 6 months of BILL (M-5..M)"
+    one_month = load_pack_text(MINI.replace("sum6_fen >= 180000", "cons_fen >= 30000"), "one.yaml")
+    assert describe_pack(one_month)[-1] == "grading window: 1 month of BILL (M)"
+
+
+def test_docs_metric_table_gives_the_catalogue_windows():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    assert {row[0].strip("| `"): int(row[2]) for row in rows} == METRIC_BILL_MONTHS
+    assert set(METRIC_BILL_MONTHS) == set(METRIC_CATALOGUE)
+
+
+def test_ineligible_reasons_are_the_eligibility_reasons():
+    assert load_pack(SIX_STAR).ineligible_reasons == {
+        "INELIGIBLE_CANCELLED", "INELIGIBLE_TYPE", "INELIGIBLE_REALNAME", "INELIGIBLE_TENURE"}
+    assert load_pack_text(MINI, "mini.yaml").ineligible_reasons == {"INELIGIBLE_CANCELLED"}
+    # a rule or cap giving one would make "reason in ineligible_reasons" wrong for a rated subscriber
+    assert load_error(MINI.replace("    reason: AVG6\n", "    reason: INELIGIBLE_CANCELLED\n", 1)).startswith(
+        "packs/bad.yaml:9: reason 'INELIGIBLE_CANCELLED' is an eligibility reason")
+    capped = MINI + "caps:\n  - {when: susp12 >= 3, max_tier: LOW, reason: INELIGIBLE_CANCELLED}\n"
+    assert load_error(capped).startswith("packs/bad.yaml:18: reason 'INELIGIBLE_CANCELLED' is an eligibility reason")
+
+
+def test_points_expiry_comes_from_the_pack():
+    assert load_pack(SIX_STAR).points.expiry_months == 36
+    assert load_pack(rules_dir() / "points-level.yaml").points.expiry_months == 24
+    assert load_error(MINI.replace("expiry_months: 24", "expiry_months: 0")).startswith(
+        "packs/bad.yaml:15: expiry_months must be at least 1")

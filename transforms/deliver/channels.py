@@ -1,8 +1,10 @@
 """Channel configuration (`channels/channels.yaml`): which channels receive which records, in which format.
 
 Channels are data: which change types each carries, which fields (from the whitelist below), format, encoding
-and path pattern. Personal data: msisdn only in the BOSS and SMS channels; cust_name and cert_no never. What the
-records hold is rendered by transforms.deliver.render, written by transforms.deliver.outbox.
+and path pattern, read through transforms.core.yamlnodes so that a refusal names the file, the line and the key
+("channels/channels.yaml:31: channels[1] (sms).templates: ..."). Personal data: msisdn only in the BOSS and SMS
+channels; cust_name and cert_no never. What the records hold is rendered by transforms.deliver.render, written by
+transforms.deliver.outbox.
 
 Feeds, fixed by the channel name:
 - changes (boss, sms, crm): the grade changes of a month;
@@ -20,6 +22,7 @@ import yaml
 
 from transforms.core.calendar import Month
 from transforms.core.resources import channels_config
+from transforms.core.yamlnodes import Document, Fields, YamlError, read_text
 
 OUTBOX = "outbox"
 
@@ -45,7 +48,9 @@ PARAMETERS = {
 }
 PLACEHOLDERS = {CHANGES: ("yyyymm",), POINTS: ("yyyymm",), DAILY_LOST: ("yyyymm", "yyyymmdd")}
 REQUIRED_PLACEHOLDER = {CHANGES: "yyyymm", POINTS: "yyyymm", DAILY_LOST: "yyyymmdd"}
-_KEYS = {"name", "format", "encoding", "path", "changes", "fields", "templates", "template", "parameters"}
+# The keys of a channel. A new key: list it here, read it in _parse_channel, give Channel a field for it.
+_REQUIRED_KEYS = ("name", "format", "encoding", "path", "fields")
+_OPTIONAL_KEYS = ("changes", "templates", "template", "parameters")  # needed or refused by the feed and fields
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9_.{}/-]+$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -53,7 +58,7 @@ LIST_SEPARATOR = ";"
 
 
 class ChannelConfigError(ValueError):
-    """A channel configuration is refused; the message names the file and the key."""
+    """A channel configuration is refused: "<file>:<line>: <key path>: <message>"."""
 
 
 class ChannelError(Exception):
@@ -83,166 +88,147 @@ class Channel:
 def load_channels(path: Path | None = None) -> list[Channel]:
     """Parses and validates a channel configuration (default: the shipped channels/channels.yaml)."""
     path = Path(path) if path is not None else channels_config()
+    what = "the channel configuration"
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ChannelConfigError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ChannelConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or set(doc) != {"channels"}:
-        raise ChannelConfigError(f"{path}: expected one top-level key `channels` (a list of channels)")
-    nodes = doc["channels"]
-    if not isinstance(nodes, list) or not nodes:
-        raise ChannelConfigError(f"{path}: channels: expected a non-empty list")
-    channels = [_parse_channel(f"{path}: channels[{i}]", node) for i, node in enumerate(nodes)]
-    _check_distinct(path, channels)
+        doc = Document(read_text(path, what), str(path), what)
+        top = doc.mapping(doc.root, what, required=("channels",))
+        items = doc.sequence(top["channels"], "channels")
+        if not items:
+            doc.fail(top["channels"], "channels must list at least one channel")
+        channels = [_parse_channel(doc, f"channels[{i}]", item) for i, item in enumerate(items)]
+        _check_distinct(doc, channels, items)
+    except YamlError as exc:
+        raise ChannelConfigError(str(exc)) from None
     return channels
 
 
-def _parse_channel(where: str, node) -> Channel:
-    if not isinstance(node, dict):
-        raise ChannelConfigError(f"{where}: expected a mapping")
-    name = node.get("name")
-    if not isinstance(name, str) or name not in FEED_OF:
-        raise ChannelConfigError(f"{where}.name: {name!r} is not a known channel (one of {', '.join(FEED_OF)})")
-    where = f"{where} ({name})"
-    unknown = sorted(set(node) - _KEYS, key=str)
-    if unknown:
-        raise ChannelConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(_KEYS))})")
-    feed = FEED_OF[name]
-    fmt = _choice(where, node, "format", FORMATS)
-    fields = _fields(where, node, name, feed, fmt)
-    path = _path_pattern(where, node.get("path"), feed)
-    if fmt == "pipe_gbk_with_chk" and not path.endswith(".dat"):
-        raise ChannelConfigError(f"{where}.path: a file with a control file must end in .dat, got {path!r}")
-    changes = _changes(where, node, feed)
-    templates, template = _templates(where, node, feed, fields, changes)
-    return Channel(name=name, feed=feed, format=fmt, encoding=_choice(where, node, "encoding", ENCODINGS),
-                   path=path, fields=fields, changes=changes, templates=templates, template=template,
-                   parameters=_parameters(where, node, feed, fields))
+def _parse_channel(doc: Document, where: str, node: yaml.Node) -> Channel:
+    keys = doc.mapping(node, where, required=_REQUIRED_KEYS, optional=_OPTIONAL_KEYS)
+    name = doc.choice(keys["name"], f"{where}.name", FEED_OF)
+    where, feed = f"{where} ({name})", FEED_OF[name]
+    fmt = doc.choice(keys["format"], f"{where}.format", FORMATS)
+    fields = _fields(doc, f"{where}.fields", keys["fields"], name, feed, fmt)
+    path = _path_pattern(doc, f"{where}.path", keys["path"], feed, fmt)
+    changes = _names_from(keys, "changes", where, CHANGE_TYPES, "change type", needed=feed == CHANGES,
+                          refusal="only the monthly change channels (boss, sms, crm) select change types")
+    templates, template = _templates(keys, where, feed, fields, changes)
+    parameters = _names_from(keys, "parameters", where, PARAMETERS[feed], "parameter",
+                             needed="parameters" in fields, refusal="given, but `parameters` is not among the fields")
+    encoding = doc.choice(keys["encoding"], f"{where}.encoding", ENCODINGS)
+    return Channel(name=name, feed=feed, format=fmt, encoding=encoding, path=path, fields=fields, changes=changes,
+                   templates=templates, template=template, parameters=parameters)
 
 
-def _choice(where: str, node: dict, key: str, allowed: tuple[str, ...]) -> str:
-    value = node.get(key)
-    if value not in allowed:
-        raise ChannelConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(allowed)}")
-    return value
+def _given_if(keys: Fields, key: str, where: str, needed: bool, refusal: str) -> yaml.Node | None:
+    """A key that some channels need (missing: an error) and the others must not give (`refusal` says why)."""
+    if needed:
+        return keys.need(key)
+    if key in keys:
+        keys.doc.fail(keys[key], f"{where}.{key}: {refusal}")
+    return None
 
 
-def _names(where: str, value, key: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ChannelConfigError(f"{where}.{key}: expected a non-empty list of names")
-    if len(set(value)) != len(value):
-        raise ChannelConfigError(f"{where}.{key}: duplicate entries in {value}")
-    return tuple(value)
+def _known(doc: Document, what: str, names: dict[str, yaml.Node], noun: str, allowed: tuple[str, ...]) -> None:
+    for name, node in names.items():
+        if name not in allowed:
+            doc.fail(node, f"{what}: unknown {noun} {name!r} (allowed: {', '.join(allowed)})")
 
 
-def _fields(where: str, node: dict, name: str, feed: str, fmt: str) -> tuple[str, ...]:
-    fields = _names(where, node.get("fields"), "fields")
-    for f in fields:
-        if f in NEVER_FIELDS:
-            raise ChannelConfigError(f"{where}.fields: {f} is personal data and never leaves the warehouse")
-        if f == "msisdn" and name not in MSISDN_CHANNELS:
-            raise ChannelConfigError(f"{where}.fields: msisdn is personal data, allowed only in the BOSS and SMS "
-                                     f"channels ({', '.join(sorted(MSISDN_CHANNELS))}), not in {name}")
-        if f not in FIELDS[feed]:
-            raise ChannelConfigError(f"{where}.fields: unknown field {f!r} (allowed: {', '.join(FIELDS[feed])})")
-    if "parameters" in fields and fmt != "jsonl":
-        raise ChannelConfigError(f"{where}.fields: parameters is a JSON object, only for format jsonl")
-    return fields
-
-
-def _changes(where: str, node: dict, feed: str) -> tuple[str, ...]:
-    if feed != CHANGES:
-        if "changes" in node:
-            raise ChannelConfigError(f"{where}.changes: only the monthly change channels (boss, sms, crm) "
-                                     "select change types")
+def _names_from(keys: Fields, key: str, where: str, allowed: tuple[str, ...], noun: str, needed: bool,
+                refusal: str) -> tuple[str, ...]:
+    """A list of distinct names out of `allowed`, given exactly when `needed`."""
+    node = _given_if(keys, key, where, needed, refusal)
+    if node is None:
         return ()
-    changes = _names(where, node.get("changes"), "changes")
-    bad = [c for c in changes if c not in CHANGE_TYPES]
-    if bad:
-        raise ChannelConfigError(f"{where}.changes: unknown change type {bad[0]!r} "
-                                 f"(one of {', '.join(CHANGE_TYPES)})")
-    return changes
+    names = keys.doc.names(node, f"{where}.{key}")
+    _known(keys.doc, f"{where}.{key}", names, noun, allowed)
+    return tuple(names)
 
 
-def _templates(where: str, node: dict, feed: str, fields: tuple[str, ...],
+def _fields(doc: Document, what: str, node: yaml.Node, name: str, feed: str, fmt: str) -> tuple[str, ...]:
+    fields = doc.names(node, what)
+    for f, item in fields.items():  # personal data first: cert_no is refused as such, not as an unknown field
+        if f in NEVER_FIELDS:
+            doc.fail(item, f"{what}: {f} is personal data and never leaves the warehouse")
+        if f == "msisdn" and name not in MSISDN_CHANNELS:
+            doc.fail(item, f"{what}: msisdn is personal data, allowed only in the BOSS and SMS channels "
+                           f"({', '.join(sorted(MSISDN_CHANNELS))}), not in {name}")
+    _known(doc, what, fields, "field", FIELDS[feed])
+    if "parameters" in fields and fmt != "jsonl":
+        doc.fail(fields["parameters"], f"{what}: parameters is a JSON object, only for format jsonl")
+    return tuple(fields)
+
+
+def _templates(keys: Fields, where: str, feed: str, fields: tuple[str, ...],
                changes: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
     """Changes feed: `templates` maps every carried change type to a template; the others: one `template`."""
     key, other = ("templates", "template") if feed == CHANGES else ("template", "templates")
-    if other in node:
-        raise ChannelConfigError(f"{where}.{other}: this channel takes `{key}`")
-    if "template" not in fields:
-        if key in node:
-            raise ChannelConfigError(f"{where}.{key}: given, but `template` is not among the fields")
+    _given_if(keys, other, where, needed=False, refusal=f"this channel takes `{key}`")
+    node = _given_if(keys, key, where, needed="template" in fields,
+                     refusal="given, but `template` is not among the fields")
+    if node is None:
         return {}, None
-    value = node.get(key)
     if feed != CHANGES:
-        return {}, _template_name(f"{where}.template", value)
-    if not isinstance(value, dict) or set(value) != set(changes):
-        raise ChannelConfigError(f"{where}.templates: expected a mapping with exactly the carried change types "
-                                 f"{', '.join(changes)}, got {value!r}")
-    return {c: _template_name(f"{where}.templates.{c}", value[c]) for c in changes}, None
+        return {}, _template_name(keys.doc, node, f"{where}.template")
+    by_change = keys.doc.mapping(node, f"{where}.templates", required=changes)
+    return {c: _template_name(keys.doc, by_change[c], f"{where}.templates.{c}") for c in changes}, None
 
 
-def _template_name(where: str, value) -> str:
-    if not isinstance(value, str) or not _TEMPLATE.match(value):
-        raise ChannelConfigError(f"{where}: {value!r} is not a template name (upper-case identifier)")
+def _template_name(doc: Document, node: yaml.Node, what: str) -> str:
+    value = doc.scalar(node, what)
+    if not _TEMPLATE.match(value):
+        doc.fail(node, f"{what}: {value!r} is not a template name (upper-case identifier)")
     return value
 
 
-def _parameters(where: str, node: dict, feed: str, fields: tuple[str, ...]) -> tuple[str, ...]:
-    if "parameters" not in fields:
-        if "parameters" in node:
-            raise ChannelConfigError(f"{where}.parameters: given, but `parameters` is not among the fields")
-        return ()
-    params = _names(where, node.get("parameters"), "parameters")
-    bad = [p for p in params if p not in PARAMETERS[feed]]
-    if bad:
-        raise ChannelConfigError(f"{where}.parameters: unknown parameter {bad[0]!r} "
-                                 f"(allowed: {', '.join(PARAMETERS[feed])})")
-    return params
-
-
-def _path_pattern(where: str, pattern, feed: str) -> str:
+def _path_pattern(doc: Document, what: str, node: yaml.Node, feed: str, fmt: str) -> str:
     """A relative path under <home>/outbox/ with only the feed's date placeholders; no `..`, no hidden names."""
-    where = f"{where}.path"
-    if not isinstance(pattern, str) or not pattern:
-        raise ChannelConfigError(f"{where}: expected a path pattern such as boss/{{yyyymm}}/GRADE_CHG_{{yyyymm}}.dat")
+    pattern = doc.scalar(node, what)
     if pattern.startswith("/") or "\\" in pattern or ":" in pattern:
-        raise ChannelConfigError(f"{where}: {pattern!r} must be relative: files stay under <home>/{OUTBOX}/")
+        doc.fail(node, f"{what}: {pattern!r} must be relative: files stay under <home>/{OUTBOX}/")
     for name in _PLACEHOLDER.findall(pattern):
         if name not in PLACEHOLDERS[feed]:
-            raise ChannelConfigError(f"{where}: placeholder {{{name}}} not allowed "
-                                     f"(only {', '.join('{' + p + '}' for p in PLACEHOLDERS[feed])})")
+            doc.fail(node, f"{what}: placeholder {{{name}}} not allowed "
+                           f"(only {', '.join('{' + p + '}' for p in PLACEHOLDERS[feed])})")
     if "{" + REQUIRED_PLACEHOLDER[feed] + "}" not in pattern:
-        raise ChannelConfigError(f"{where}: {pattern!r} needs {{{REQUIRED_PLACEHOLDER[feed]}}}, "
-                                 "or every period would overwrite the same file")
-    check_relpath(_PLACEHOLDER.sub("x", pattern), ChannelConfigError, f"{where}: {pattern!r}")
+        doc.fail(node, f"{what}: {pattern!r} needs {{{REQUIRED_PLACEHOLDER[feed]}}}, "
+                       "or every period would overwrite the same file")
+    problem = _relpath_problem(_PLACEHOLDER.sub("x", pattern))
+    if problem:
+        doc.fail(node, f"{what}: {pattern!r}: {problem}")
+    if fmt == "pipe_gbk_with_chk" and not pattern.endswith(".dat"):
+        doc.fail(node, f"{what}: a file with a control file must end in .dat, got {pattern!r}")
     return pattern
 
 
 def check_relpath(relpath: str, error: type[Exception], where: str) -> None:
+    problem = _relpath_problem(relpath)
+    if problem:
+        raise error(f"{where}: {problem}")
+
+
+def _relpath_problem(relpath: str) -> str | None:
+    """Why a path relative to the outbox is refused, or None."""
     if not _PATH_CHARS.match(relpath) or "{" in relpath or "}" in relpath:
-        raise error(f"{where}: only letters, digits, _ . - / and the date placeholders are allowed")
+        return "only letters, digits, _ . - / and the date placeholders are allowed"
     for part in relpath.split("/"):
         if part in ("", ".", ".."):
-            raise error(f"{where}: no empty, '.' or '..' path components: files stay under <home>/{OUTBOX}/")
+            return f"no empty, '.' or '..' path components: files stay under <home>/{OUTBOX}/"
         if part.startswith("."):
-            raise error(f"{where}: hidden names are reserved for files being written")
+            return "hidden names are reserved for files being written"
+    return None
 
 
-def _check_distinct(path: Path, channels: list[Channel]) -> None:
-    owner: dict[str, str] = {}
-    for channel in channels:
+def _check_distinct(doc: Document, channels: list[Channel], nodes: list[yaml.Node]) -> None:
+    owner: dict[str, str] = {}  # file -> the channel writing it
+    for channel, node in zip(channels, nodes):
         if channel.name in owner.values():
-            raise ChannelConfigError(f"{path}: channel {channel.name} is configured twice")
+            doc.fail(node, f"channel {channel.name} is configured twice")
         rel = channel.relpath(Month(2000, 1), date(2000, 1, 1))
         files = [rel, str(Path(rel).with_suffix(".chk"))] if channel.format == "pipe_gbk_with_chk" else [rel]
         for f in files:
             if f in owner:
-                raise ChannelConfigError(f"{path}: channels {owner[f]} and {channel.name} would write the same "
-                                         f"file ({f} for 2000-01)")
+                doc.fail(node, f"channels {owner[f]} and {channel.name} would write the same file ({f} for 2000-01)")
             owner[f] = channel.name
 
 

@@ -1,8 +1,9 @@
 """Rule packs: versioned YAML files that hold a grading system as data (rules.md, "Grading rules").
 
-A pack is read with a YAML composer that keeps every node's line (no Python objects are ever constructed, no
-anchors, aliases or custom tags), checked against a fixed schema, and its conditions are parsed, type-checked
-and compiled to Polars expressions by `transforms.grade.expr`. Any error raises PackError "<file>:<line>: <message>".
+A pack is composed to YAML nodes that keep their line (transforms.core.yamlnodes: no Python objects are ever
+constructed, no anchors, aliases or custom tags), checked section by section against a fixed schema, and its
+conditions are parsed, type-checked and compiled to Polars expressions by `transforms.grade.expr`. Any error
+raises PackError "<file>:<line>: <message>".
 
 Layout of a pack (see rules/six-star.yaml):
 
@@ -29,63 +30,64 @@ Layout of a pack (see rules/six-star.yaml):
 
 docs/metrics.md is the guide for pack authors.
 
-Metric catalogue (METRIC_CATALOGUE): the base metrics the engine provides for the grading month M, one row per
-subscriber of the snapshot S(M). Money is integer fen; bool flags are the Y/N fields of ACCT.
-    status str            NORMAL | SUSPENDED | CANCELLED, as of S(M)
-    subs_type str         PERSONAL | IOT | DATACARD | TEST | FIXEDWL
-    brand str             GOTONE | MZONE | EASYOWN
-    region_code str
-    realname_flag bool    real-name registered
-    vip_flag bool         designated for social status or influence
-    group_key_flag bool   key person of a group customer
-    tenure_months int     months from the month of open_date to M, both counted
-    cons_fen int          cons(M): BILL of M without GIFT and DEPOSIT items; may be negative
-    sum3_fen int          cons(M-2) + ... + cons(M)
-    sum6_fen int          cons(M-5) + ... + cons(M)   ("avg6 >= T yuan" is sum6_fen >= 600 * T)
-    sum12_fen int         cons(M-11) + ... + cons(M)
-    cons_prev5_fen int    cons(M-5) + ... + cons(M-1)
-    cons_m5_fen int       cons(M-5), the month leaving the avg6 window next month
-    data_fen int          DATA items of M
-    roam_fen int          ROAM items of M
-    roam_months6 int      months of M-5..M with ROAM items > 0
-    susp12 int            ARREARS_TWOWAY events dated in M-11..M
-    susp12_oneway int     ARREARS_ONEWAY events dated in M-11..M
-    prior_year_points int points earned (accruals only) in the calendar year before M's year
-    points_balance int    spendable points balance after the monthly run of M
-    points_earned_12m int points earned for M-11..M
+Metric catalogue (METRIC_CATALOGUE, METRIC_BILL_MONTHS): the base metrics the engine provides for the grading
+month M, one row per subscriber of the snapshot S(M), listed in _CATALOGUE below with what each one means.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 import yaml
 
 from transforms.core.calendar import Month
-from transforms.grade.expr import FUNCTIONS, ExprError, Node, check, compile_bool, compile_number, names_used, parse
+from transforms.core.yamlnodes import IDENTIFIER, Document, YamlError, line_of, read_text
+from transforms.grade.expr import (FUNCTIONS, NUMERIC, ExprError, Node, check, compile_bool, compile_number,
+                                   names_used, parse)
 
-METRIC_CATALOGUE: dict[str, str] = {
-    "status": "str", "subs_type": "str", "brand": "str", "region_code": "str",
-    "realname_flag": "bool", "vip_flag": "bool", "group_key_flag": "bool",
-    "tenure_months": "int", "cons_fen": "int", "sum3_fen": "int", "sum6_fen": "int", "sum12_fen": "int",
-    "cons_prev5_fen": "int", "cons_m5_fen": "int", "data_fen": "int", "roam_fen": "int", "roam_months6": "int",
-    "susp12": "int", "susp12_oneway": "int",
-    "prior_year_points": "int", "points_balance": "int", "points_earned_12m": "int",
+# name: (type, BILL months it reads: n is M-(n-1)..M). Money is integer fen; bool flags are the Y/N fields of
+# ACCT. Every grading reads BILL_M, so snapshot fields, suspension counts and points balances count 1.
+_CATALOGUE: dict[str, tuple[str, int]] = {
+    "status": ("str", 1),               # NORMAL | SUSPENDED | CANCELLED, as of S(M)
+    "subs_type": ("str", 1),            # PERSONAL | IOT | DATACARD | TEST | FIXEDWL
+    "brand": ("str", 1),                # GOTONE | MZONE | EASYOWN
+    "region_code": ("str", 1),
+    "realname_flag": ("bool", 1),       # real-name registered
+    "vip_flag": ("bool", 1),            # designated for social status or influence
+    "group_key_flag": ("bool", 1),      # key person of a group customer
+    "tenure_months": ("int", 1),        # months from the month of open_date to M, both counted
+    "cons_fen": ("int", 1),             # cons(M): BILL of M without GIFT and DEPOSIT items; may be negative
+    "sum3_fen": ("int", 3),             # cons(M-2) + ... + cons(M)
+    "sum6_fen": ("int", 6),             # cons(M-5) + ... + cons(M)   ("avg6 >= T yuan" is sum6_fen >= 600 * T)
+    "sum12_fen": ("int", 12),           # cons(M-11) + ... + cons(M)
+    "cons_prev5_fen": ("int", 6),       # cons(M-5) + ... + cons(M-1)
+    "cons_m5_fen": ("int", 6),          # cons(M-5), the month leaving the avg6 window next month
+    "data_fen": ("int", 1),             # DATA items of M
+    "roam_fen": ("int", 1),             # ROAM items of M
+    "roam_months6": ("int", 6),         # months of M-5..M with ROAM items > 0
+    "susp12": ("int", 1),               # ARREARS_TWOWAY events dated in M-11..M (events, not BILL)
+    "susp12_oneway": ("int", 1),        # ARREARS_ONEWAY events dated in M-11..M
+    "prior_year_points": ("int", 1),    # points earned (accruals only) in the calendar year before M's year
+    "points_balance": ("int", 1),       # spendable points balance after the monthly run of M
+    "points_earned_12m": ("int", 12),   # points earned for M-11..M: accruals of 12 BILL months
 }
+METRIC_CATALOGUE: dict[str, str] = {name: kind for name, (kind, _) in _CATALOGUE.items()}
+METRIC_BILL_MONTHS: dict[str, int] = {name: months for name, (_, months) in _CATALOGUE.items()}
 # Names available to tags besides metrics: the graded result of the subscriber.
 RESULT_TYPES = {"tier": "tier", "reason": "str"}
 OTHERWISE = "otherwise"
 MAX_TAGS, MAX_ENTITLEMENTS, MAX_TIERS = 48, 62, 64
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a leading _ is kept for the engine's own columns
-_RESERVED = {"and", "or", "not", "true", "false", OTHERWISE, "NONE", *FUNCTIONS, *RESULT_TYPES}
-_FRAME_COLUMNS = {"subs_id", "tags", "eligible", "protected", "computed_tier"}  # columns next to tags
+_RESERVED = frozenset({"and", "or", "not", "true", "false", OTHERWISE, "NONE", *FUNCTIONS, *RESULT_TYPES})
+_FRAME_COLUMNS = frozenset({"subs_id", "tags", "eligible", "protected", "computed_tier"})  # columns next to tags
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
-_STD_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq")}
+_REQUIRED_SECTIONS = ("pack", "tiers", "eligibility", "rules", "protection_months", "points")
+_OPTIONAL_SECTIONS = ("description", "effective_from", "derived", "ranks", "caps", "tags", "entitlements")
 
 
 class PackError(Exception):
@@ -162,7 +164,7 @@ class Cap:
 
 @dataclass(frozen=True, eq=False)
 class Points:
-    expiry_months: int
+    expiry_months: int  # points earned for M expire at the end of M + expiry_months
     multipliers: dict[str, Fraction]  # every tier, in tier order
 
 
@@ -189,6 +191,18 @@ class RulePack:
     @property
     def unrated(self) -> str:
         return self.tiers[0]
+
+    @property
+    def ineligible_reasons(self) -> frozenset[str]:
+        """The reasons of the eligibility checks: a result has one of them exactly when it is ineligible (rules
+        and caps cannot use them)."""
+        return frozenset(e.reason for e in self.eligibility)
+
+    @property
+    def grading_window(self) -> int:
+        """How many months of BILL grading month M needs, M-(n-1)..M: the longest window its metrics read.
+        Until all are delivered the pack assigns no tiers (rules.md, "A pack's grading window")."""
+        return max((METRIC_BILL_MONTHS[m] for m in self.metrics_used()), default=1)
 
     def tier_index(self, tier: str) -> int:
         return self.tiers.index(tier)
@@ -217,355 +231,329 @@ class RulePack:
         return self.grading_metrics().union(*extra, *(d.metrics for d in self.derived.values()))
 
 
+@contextmanager
+def _as_pack_error() -> Iterator[None]:
+    try:
+        yield
+    except YamlError as exc:
+        raise PackError(str(exc)) from None
+
+
 def load_pack(path: Path) -> RulePack:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PackError(f"{path}:0: cannot read the pack: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PackError(f"{path}:0: the pack is not UTF-8") from None
-    return _Loader(str(path)).load(text, data)
+    with _as_pack_error():
+        text = read_text(path, "the pack")
+    return load_pack_text(text, str(path))
 
 
 def load_pack_text(text: str, source: str) -> RulePack:
-    return _Loader(source).load(text, text.encode("utf-8"))
+    with _as_pack_error():
+        return _read_pack(Document(text, source, "the pack"))
 
 
-# --- YAML with lines ------------------------------------------------------------------------------------------
+# --- what each section sees -------------------------------------------------------------------------------------
 
-class _NodeLoader(yaml.SafeLoader):
-    """Composes the node graph only (nothing is constructed); anchors and aliases are refused."""
+class _Scope:
+    """The names a section of a pack may read: the catalogue, the tiers, and what the sections loaded before it
+    defined (derived metrics, ranks). Its compiles turn an ExprError into the pack's file:line error."""
 
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise yaml.MarkedYAMLError(None, None, "anchors and aliases are not allowed in a pack",
-                                       event.start_mark)
-        return super().compose_node(parent, index)
-
-
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-class _Loader:
-    def __init__(self, source: str):
-        self.source = source
+    def __init__(self, doc: Document, tiers: tuple[str, ...]):
+        self.doc, self.tiers = doc, tiers
         self.types: dict[str, str] = dict(METRIC_CATALOGUE)
-        self.derived_nodes: dict[str, Node] = {}
-        self.derived_metrics: dict[str, frozenset[str]] = {}
-        self.tiers: tuple[str, ...] = ()
-        self.lines: list[str] = []
+        self.derived_nodes: dict[str, Node] = {}  # inlined where a derived metric is read
+        self.reads: dict[str, frozenset[str]] = {}  # defined name -> the catalogue metrics behind it
 
-    def fail(self, node: yaml.Node | int, message: str):
-        line = node if isinstance(node, int) else _line(node)
-        raise PackError(f"{self.source}:{line}: {message}")
+    def defines(self, name: str) -> bool:
+        return name in self.types or name in self.tiers
 
-    # schema helpers
-    def entries(self, node, what: str) -> list[tuple[yaml.Node, str, yaml.Node]]:
-        """(key node, key, value node) of a mapping, refusing duplicate keys (plain YAML keeps the last)."""
-        if not isinstance(node, yaml.MappingNode):
-            self.fail(node, f"{what} must be a mapping")
-        seen, result = set(), []
-        for key, value in node.value:
-            name = self.scalar(key, f"a key of {what}")
-            if name in seen:
-                self.fail(key, f"duplicate key {name!r} in {what}")
-            self.tagged(value)
-            seen.add(name)
-            result.append((key, name, value))
-        return result
+    def define(self, name: str, kind: str, metrics: frozenset[str], node: Node | None = None) -> None:
+        self.types[name], self.reads[name] = kind, metrics
+        if node is not None:
+            self.derived_nodes[name] = node
 
-    def mapping(self, node, what: str, required: tuple = (), optional: tuple = ()) -> dict[str, yaml.Node]:
-        """A mapping with a fixed set of keys: unknown keys and missing required keys are errors."""
-        found = {}
-        for key, name, value in self.entries(node, what):
-            if name not in required and name not in optional:
-                self.fail(key, f"unknown key {name!r} in {what} (expected {', '.join(required + optional)})")
-            found[name] = value
-        for name in required:
-            if name not in found:
-                self.fail(node, f"{what} is missing {name!r}")
-        return found
-
-    def sequence(self, node, what: str) -> list[yaml.Node]:
-        if not isinstance(node, yaml.SequenceNode):
-            self.fail(node, f"{what} must be a list")
-        return node.value
-
-    def tagged(self, node: yaml.Node) -> None:
-        if node.tag not in _STD_TAGS:
-            self.fail(node, f"YAML tag {node.tag!r} is not allowed in a pack")
-
-    def scalar(self, node, what: str) -> str:
-        self.tagged(node)
-        if not isinstance(node, yaml.ScalarNode) or node.value == "":
-            self.fail(node, f"{what} must be a non-empty value")
-        return node.value
-
-    def identifier(self, node, what: str) -> str:
-        name = self.scalar(node, what)
-        if not _IDENT.fullmatch(name) or name in _RESERVED:
-            self.fail(node, f"{what} {name!r} is not a valid name")
-        return name
-
-    def integer(self, node, what: str) -> int:
-        text = self.scalar(node, what)
-        if not text.isdigit() or not text.isascii():
-            self.fail(node, f"{what} must be a non-negative integer, got {text!r}")
-        return int(text)
-
-    def tier(self, node, what: str) -> str:
-        name = self.scalar(node, what)
-        if name not in self.tiers:
-            self.fail(node, f"unknown tier {name!r} in {what} (tiers: {', '.join(self.tiers)})")
-        return name
-
-    def expression(self, node, what: str) -> Node:
-        text = self.scalar(node, what)
-        line, column = _line(node), node.start_mark.column + 1
-        if node.style in ("|", ">"):  # re-indent the block as in the file so columns are file columns
-            line, column = line + 1, 1
-            first = self.lines[line - 1] if line <= len(self.lines) else ""
-            text = textwrap.indent(text, " " * (len(first) - len(first.lstrip(" "))))
-        elif node.style in ("'", '"'):
-            column += 1
+    @contextmanager
+    def compiling(self, what: str) -> Iterator[None]:
         try:
-            return parse(text, line, column)
+            yield
         except ExprError as exc:
-            self.fail(exc.line, f"{what}: {exc.message} (column {exc.column})")
+            self.doc.fail(exc.line, f"{what}: {exc.message} (column {exc.column})")
 
-    def condition(self, node, what: str, types: dict[str, str] | None = None) -> Condition:
-        parsed = self.expression(node, what)
-        try:
-            expr = compile_bool(parsed, types or self.types, self.tiers, self.derived_nodes)
-        except ExprError as exc:
-            self.fail(exc.line, f"{what}: {exc.message} (column {exc.column})")
-        return Condition(node.value, _line(node), parsed, expr, self.metrics_of(parsed))
+    def parse_scalar(self, node: yaml.Node, what: str) -> Node:
+        """Raises ExprError: call it under `compiling`."""
+        return parse(*self.doc.located(node, what))
+
+    def bool_expr(self, parsed: Node, types: dict[str, str] | None = None,
+                  substitutes: dict[str, tuple[pl.Expr, int]] | None = None) -> pl.Expr:
+        return compile_bool(parsed, types or self.types, self.tiers, self.derived_nodes, substitutes)
+
+    def number_expr(self, parsed: Node) -> tuple[pl.Expr, int]:
+        return compile_number(parsed, self.types, self.tiers, self.derived_nodes)
+
+    def condition(self, node: yaml.Node, what: str, types: dict[str, str] | None = None) -> Condition:
+        with self.compiling(what):
+            parsed = self.parse_scalar(node, what)
+            expr = self.bool_expr(parsed, types)
+        return Condition(node.value, line_of(node), parsed, expr, self.metrics_of(parsed))
+
+    def number(self, node: yaml.Node, what: str) -> tuple[Node, pl.Expr, int]:
+        with self.compiling(what):
+            parsed = self.parse_scalar(node, what)
+            return (parsed, *self.number_expr(parsed))
 
     def metrics_of(self, parsed: Node) -> frozenset[str]:
         names = names_used(parsed)
-        through = [self.derived_metrics[n] for n in names if n in self.derived_metrics]
-        return frozenset(n for n in names if n in METRIC_CATALOGUE).union(*through)
+        return frozenset(n for n in names if n in METRIC_CATALOGUE).union(
+            *(self.reads[n] for n in names if n in self.reads))
 
-    # sections
-    def load(self, text: str, data: bytes) -> RulePack:
-        self.lines = text.splitlines()
-        try:
-            loader = _NodeLoader(text)
-            try:
-                root = loader.get_single_node()
-            finally:
-                loader.dispose()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise PackError(f"{self.source}:{mark.line + 1 if mark else 0}: invalid YAML: {exc.problem}") from None
-        except yaml.YAMLError as exc:
-            raise PackError(f"{self.source}:0: invalid YAML: {exc}") from None
-        if root is None:
-            self.fail(1, "the pack is empty")
-        top = self.mapping(root, "the pack",
-                           required=("pack", "tiers", "eligibility", "rules", "protection_months", "points"),
-                           optional=("description", "effective_from", "derived", "ranks", "caps", "tags",
-                                     "entitlements"))
-        # Order matters: each section sees the names of the earlier ones (ranks exist only after eligibility,
-        # tags re-evaluate rules), whatever the order of the sections in the file.
-        self.tiers, labels = self.load_tiers(top["tiers"])
-        derived = self.load_derived(top["derived"]) if "derived" in top else {}
-        eligibility = self.load_eligibility(top["eligibility"])
-        ranks = self.load_ranks(top["ranks"]) if "ranks" in top else ()
-        rules = self.load_rules(top["rules"])
-        caps = self.load_caps(top["caps"]) if "caps" in top else ()
-        tags = self.load_tags(top["tags"], rules) if "tags" in top else {}
-        return RulePack(
-            name=self.scalar(top["pack"], "pack"),
-            version=hashlib.sha256(data).hexdigest()[:12],
-            source=self.source,
-            tiers=self.tiers,
-            tier_labels=labels,
-            derived=derived,
-            eligibility=eligibility,
-            rules=rules,
-            caps=caps,
-            protection_months=self.integer(top["protection_months"], "protection_months"),
-            points=self.load_points(top["points"]),
-            tags=tags,
-            entitlements=self.load_entitlements(top["entitlements"], tags) if "entitlements" in top else {},
-            ranks=ranks,
-            effective_from=self.load_month(top["effective_from"]) if "effective_from" in top else None,
-            description=self.scalar(top["description"], "description") if "description" in top else "",
-            metric_types=dict(self.types),
-        )
+    def tier(self, node: yaml.Node, what: str) -> str:
+        name = self.doc.scalar(node, what)
+        if name not in self.tiers:
+            self.doc.fail(node, f"unknown tier {name!r} in {what} (tiers: {', '.join(self.tiers)})")
+        return name
 
-    def load_tiers(self, node) -> tuple[tuple[str, ...], dict[str, str]]:
-        codes, labels = [], {}
-        for item in self.sequence(node, "tiers"):
-            if isinstance(item, yaml.MappingNode):
-                fields = self.mapping(item, "a tier", required=("code",), optional=("label",))
-                code_node = fields["code"]
-                label = self.scalar(fields["label"], "label") if "label" in fields else None
-            else:
-                code_node, label = item, None
-            code = self.identifier(code_node, "tier")
-            if code in codes:
-                self.fail(code_node, f"duplicate tier {code!r}")
-            if code in METRIC_CATALOGUE:
-                self.fail(code_node, f"tier {code!r} has the name of a metric")
-            codes.append(code)
-            labels[code] = label or code
-        if len(codes) < 2:
-            self.fail(node, "a pack needs the unrated tier and at least one rated tier")
-        if len(codes) > MAX_TIERS:
-            self.fail(node, f"a pack has at most {MAX_TIERS} tiers, found {len(codes)}")
-        return tuple(codes), labels
 
-    def load_derived(self, node) -> dict[str, Derived]:
-        result = {}
-        for item in self.sequence(node, "derived"):
-            fields = self.mapping(item, "a derived metric", required=("name", "expr"))
-            name = self.identifier(fields["name"], "derived metric")
-            if name in self.types or name in self.tiers:
-                self.fail(fields["name"], f"derived metric {name!r} is already defined")
-            parsed = self.expression(fields["expr"], f"derived metric {name}")
-            try:
-                kind = check(parsed, self.types, self.tiers)
-                if kind == "bool":
-                    expr, den = compile_bool(parsed, self.types, self.tiers, self.derived_nodes), None
-                elif kind == "number":
-                    expr, den = compile_number(parsed, self.types, self.tiers, self.derived_nodes)
-                else:
-                    raise ExprError(f"a derived metric must be a number or a bool, got {kind}",
-                                    parsed.line, parsed.column)
-            except ExprError as exc:
-                self.fail(exc.line, f"derived metric {name}: {exc.message} (column {exc.column})")
-            metrics = self.metrics_of(parsed)
-            result[name] = Derived(name, kind, fields["expr"].value, _line(item), parsed, expr, den, metrics)
-            self.types[name], self.derived_nodes[name], self.derived_metrics[name] = kind, parsed, metrics
-        return result
+def _name(doc: Document, node: yaml.Node, what: str) -> str:
+    """A name a pack defines: tier, derived metric, rank, reason, entitlement."""
+    return doc.identifier(node, what, _RESERVED)
 
-    def load_eligibility(self, node) -> tuple[Eligibility, ...]:
-        result = []
-        for i, item in enumerate(self.sequence(node, "eligibility"), 1):
-            fields = self.mapping(item, f"eligibility check {i}", required=("when", "reason"))
-            result.append(Eligibility(self.condition(fields["when"], f"eligibility check {i}"),
-                                      self.identifier(fields["reason"], "reason")))
-        return tuple(result)
 
-    def load_rules(self, node) -> tuple[Rule, ...]:
-        items, result = self.sequence(node, "rules"), []
-        if not items:
-            self.fail(node, "a pack needs at least one rule")
-        for i, item in enumerate(items, 1):
-            fields = self.mapping(item, f"rule {i}", required=("when", "tier", "reason"))
-            when = fields["when"]
-            if isinstance(when, yaml.ScalarNode) and when.value.strip() == OTHERWISE:
-                if i != len(items):
-                    self.fail(when, f"rule {i}: 'otherwise' must be the last rule")
-                condition = None
-            else:
-                condition = self.condition(when, f"rule {i}")
-            result.append(Rule(condition, self.tier(fields["tier"], f"rule {i}"),
-                               self.identifier(fields["reason"], "reason"), _line(item)))
-        return tuple(result)
+def _at_most(doc: Document, node: yaml.Node, found: int, limit: int, what: str) -> None:
+    if found > limit:
+        doc.fail(node, f"a pack has at most {limit} {what}, found {found}")
 
-    def load_caps(self, node) -> tuple[Cap, ...]:
-        result = []
-        for i, item in enumerate(self.sequence(node, "caps"), 1):
-            fields = self.mapping(item, f"cap {i}", required=("when", "max_tier", "reason"))
-            result.append(Cap(self.condition(fields["when"], f"cap {i}"),
-                              self.tier(fields["max_tier"], f"cap {i}"), self.identifier(fields["reason"], "reason")))
-        return tuple(result)
 
-    def load_points(self, node) -> Points:
-        fields = self.mapping(node, "points", required=("expiry_months", "multipliers"))
-        given = {}
-        for key, _, value in self.entries(fields["multipliers"], "multipliers"):
-            tier = self.tier(key, "multipliers")
-            text = self.scalar(value, f"the multiplier of {tier}")
-            if not _DECIMAL.fullmatch(text):
-                self.fail(value, f"the multiplier of {tier} must be a decimal literal like 1.5, got {text!r}")
-            given[tier] = Fraction(text)
-        missing = [t for t in self.tiers if t not in given]
-        if missing:
-            self.fail(fields["multipliers"], f"multipliers are missing for {', '.join(missing)}")
-        return Points(self.integer(fields["expiry_months"], "expiry_months"), {t: given[t] for t in self.tiers})
+# --- sections ---------------------------------------------------------------------------------------------------
 
-    def load_ranks(self, node) -> tuple[Rank, ...]:
-        result = []
-        for i, item in enumerate(self.sequence(node, "ranks"), 1):
-            fields = self.mapping(item, f"rank {i}", required=("name", "by", "order"), optional=("tie_break",))
-            name = self.identifier(fields["name"], "rank")
-            count = f"{name}_count"
-            if any(n in self.types or n in self.tiers for n in (name, count)):
-                self.fail(fields["name"], f"rank {name!r} or {count!r} is already defined")
-            order = self.scalar(fields["order"], "order")
-            if order not in ("ascending", "descending"):
-                self.fail(fields["order"], f"rank {name}: order must be ascending or descending, got {order!r}")
-            if "tie_break" in fields and self.scalar(fields["tie_break"], "tie_break") != "subs_id":
-                self.fail(fields["tie_break"], f"rank {name}: ties are broken by subs_id only (tie_break: subs_id)")
-            parsed = self.expression(fields["by"], f"rank {name}")
-            try:
-                key, _ = compile_number(parsed, self.types, self.tiers, self.derived_nodes)
-            except ExprError as exc:
-                self.fail(exc.line, f"rank {name}: {exc.message} (column {exc.column})")
-            metrics = self.metrics_of(parsed)
-            result.append(Rank(name, fields["by"].value, _line(item), key, order == "descending", metrics))
-            for n in (name, count):
-                self.types[n], self.derived_metrics[n] = "int", metrics
-        return tuple(result)
+def _read_pack(doc: Document) -> RulePack:
+    top = doc.mapping(doc.root, "the pack", required=_REQUIRED_SECTIONS, optional=_OPTIONAL_SECTIONS)
+    # Order matters: each section sees the names of the earlier ones (ranks exist only after eligibility, tags
+    # re-evaluate rules), whatever the order of the sections in the file.
+    tiers, labels = _tiers(doc, top["tiers"])
+    scope = _Scope(doc, tiers)
+    derived = _derived(scope, top["derived"]) if "derived" in top else {}
+    eligibility = _eligibility(scope, top["eligibility"])
+    ineligible = frozenset(e.reason for e in eligibility)
+    ranks = _ranks(scope, top["ranks"]) if "ranks" in top else ()
+    rules = _rules(scope, top["rules"], ineligible)
+    caps = _caps(scope, top["caps"], ineligible) if "caps" in top else ()
+    tags = _tags(scope, top["tags"], rules) if "tags" in top else {}
+    return RulePack(
+        name=doc.scalar(top["pack"], "pack"),
+        version=hashlib.sha256(doc.text.encode("utf-8")).hexdigest()[:12],
+        source=doc.source,
+        tiers=tiers,
+        tier_labels=labels,
+        derived=derived,
+        eligibility=eligibility,
+        rules=rules,
+        caps=caps,
+        protection_months=doc.integer(top["protection_months"], "protection_months"),
+        points=_points(scope, top["points"]),
+        tags=tags,
+        entitlements=_entitlements(scope, top["entitlements"], tags) if "entitlements" in top else {},
+        ranks=ranks,
+        effective_from=_month(doc, top["effective_from"]) if "effective_from" in top else None,
+        description=doc.scalar(top["description"], "description") if "description" in top else "",
+        metric_types=dict(scope.types),
+    )
 
-    def load_tags(self, node, rules: tuple[Rule, ...]) -> dict[str, Tag]:
-        types = {**self.types, **RESULT_TYPES}
-        result = {}
-        for key, name, value in self.entries(node, "tags"):
-            if not _IDENT.fullmatch(name) or name in _RESERVED or name in types or name in self.tiers \
-                    or name in _FRAME_COLUMNS:
-                self.fail(key, f"tag {name!r} is not a valid name or clashes with a metric or tier")
-            what = f"tag {name}"
-            if not isinstance(value, yaml.MappingNode):
-                condition = self.condition(value, what, types)
-                result[name] = Tag(name, condition, {}, None, condition.metrics)
-                continue
-            fields = self.mapping(value, what, required=("when",), optional=("assigning_rule_fails_with",))
-            condition = self.condition(fields["when"], what, types)
-            substitutes, compiled, metrics = {}, {}, set(condition.metrics)
-            if "assigning_rule_fails_with" in fields:
-                for sub_key, metric, sub_value in self.entries(fields["assigning_rule_fails_with"], what):
-                    if self.types.get(metric) not in ("int", "number"):
-                        self.fail(sub_key, f"{what}: only a numeric metric can be substituted, not {metric!r}")
-                    parsed = self.expression(sub_value, f"{what}, {metric}")
-                    try:
-                        compiled[metric] = compile_number(parsed, self.types, self.tiers, self.derived_nodes)
-                    except ExprError as exc:
-                        self.fail(exc.line, f"{what}, {metric}: {exc.message} (column {exc.column})")
-                    substitutes[metric] = sub_value.value
-                    metrics |= self.metrics_of(parsed)
-            rule_fails = None
-            if compiled:
-                rule_fails = tuple(None if r.condition is None else ~compile_bool(
-                    r.condition.node, self.types, self.tiers, self.derived_nodes, compiled) for r in rules)
-            result[name] = Tag(name, condition, substitutes, rule_fails, frozenset(metrics))
-        if len(result) > MAX_TAGS:  # the engine packs a row's tags and tier into one Int64
-            self.fail(node, f"a pack has at most {MAX_TAGS} tags, found {len(result)}")
-        return result
 
-    def load_entitlements(self, node, tags: dict[str, Tag]) -> dict[str, Condition]:
-        types = {"tier": "tier", **{tag: "bool" for tag in tags}}
-        result = {}
-        for key, name, value in self.entries(node, "entitlements"):
-            if not _IDENT.fullmatch(name) or name in _RESERVED:
-                self.fail(key, f"entitlement {name!r} is not a valid name")
-            result[name] = self.condition(value, f"entitlement {name}", types)
-        if len(result) > MAX_ENTITLEMENTS:  # a row's entitlements are one Int64 bit mask
-            self.fail(node, f"a pack has at most {MAX_ENTITLEMENTS} entitlements, found {len(result)}")
-        return result
+def _tiers(doc: Document, node: yaml.Node) -> tuple[tuple[str, ...], dict[str, str]]:
+    labels: dict[str, str] = {}
+    for item in doc.sequence(node, "tiers"):
+        code_node, label = _tier_entry(doc, item)
+        code = _name(doc, code_node, "tier")
+        if code in labels:
+            doc.fail(code_node, f"duplicate tier {code!r}")
+        if code in METRIC_CATALOGUE:
+            doc.fail(code_node, f"tier {code!r} has the name of a metric")
+        labels[code] = label or code
+    if len(labels) < 2:
+        doc.fail(node, "a pack needs the unrated tier and at least one rated tier")
+    _at_most(doc, node, len(labels), MAX_TIERS, "tiers")
+    return tuple(labels), labels
 
-    def load_month(self, node) -> Month:
-        text = self.scalar(node, "effective_from")
-        try:
-            return Month.parse(text)
-        except ValueError:
-            self.fail(node, f"effective_from must be a month YYYY-MM, got {text!r}")
+
+def _tier_entry(doc: Document, item: yaml.Node) -> tuple[yaml.Node, str | None]:
+    """A tier is a bare code or {code: ..., label: ...}: its code node and label."""
+    if not isinstance(item, yaml.MappingNode):
+        return item, None
+    fields = doc.mapping(item, "a tier", required=("code",), optional=("label",))
+    return fields["code"], doc.scalar(fields["label"], "label") if "label" in fields else None
+
+
+def _derived(scope: _Scope, node: yaml.Node) -> dict[str, Derived]:
+    result = {}
+    for item in scope.doc.sequence(node, "derived"):
+        fields = scope.doc.mapping(item, "a derived metric", required=("name", "expr"))
+        name = _name(scope.doc, fields["name"], "derived metric")
+        if scope.defines(name):
+            scope.doc.fail(fields["name"], f"derived metric {name!r} is already defined")
+        parsed, kind, expr, denominator = _derived_value(scope, fields["expr"], f"derived metric {name}")
+        metrics = scope.metrics_of(parsed)
+        result[name] = Derived(name, kind, fields["expr"].value, line_of(item), parsed, expr, denominator, metrics)
+        scope.define(name, kind, metrics, parsed)
+    return result
+
+
+def _derived_value(scope: _Scope, node: yaml.Node, what: str) -> tuple[Node, str, pl.Expr, int | None]:
+    """A derived metric's parsed expression, its type ('number' or 'bool'), compiled expression and denominator."""
+    with scope.compiling(what):
+        parsed = scope.parse_scalar(node, what)
+        kind = check(parsed, scope.types, scope.tiers)
+        if kind == "bool":
+            return parsed, kind, scope.bool_expr(parsed), None
+        if kind == "number":
+            return (parsed, kind, *scope.number_expr(parsed))
+        raise ExprError(f"a derived metric must be a number or a bool, got {kind}", parsed.line, parsed.column)
+
+
+def _eligibility(scope: _Scope, node: yaml.Node) -> tuple[Eligibility, ...]:
+    checks = []
+    for i, item in enumerate(scope.doc.sequence(node, "eligibility"), 1):
+        what = f"eligibility check {i}"
+        fields = scope.doc.mapping(item, what, required=("when", "reason"))
+        checks.append(Eligibility(scope.condition(fields["when"], what), _name(scope.doc, fields["reason"], "reason")))
+    return tuple(checks)
+
+
+def _ranks(scope: _Scope, node: yaml.Node) -> tuple[Rank, ...]:
+    return tuple(_rank(scope, item, f"rank {i}") for i, item in enumerate(scope.doc.sequence(node, "ranks"), 1))
+
+
+def _rank(scope: _Scope, item: yaml.Node, what: str) -> Rank:
+    doc = scope.doc
+    fields = doc.mapping(item, what, required=("name", "by", "order"), optional=("tie_break",))
+    name = _name(doc, fields["name"], "rank")
+    count = f"{name}_count"
+    if scope.defines(name) or scope.defines(count):
+        doc.fail(fields["name"], f"rank {name!r} or {count!r} is already defined")
+    order = doc.choice(fields["order"], f"rank {name}: order", ("ascending", "descending"))
+    if "tie_break" in fields and doc.scalar(fields["tie_break"], "tie_break") != "subs_id":
+        doc.fail(fields["tie_break"], f"rank {name}: ties are broken by subs_id only (tie_break: subs_id)")
+    parsed, key, _ = scope.number(fields["by"], f"rank {name}")
+    metrics = scope.metrics_of(parsed)
+    for defined in (name, count):
+        scope.define(defined, "int", metrics)
+    return Rank(name, fields["by"].value, line_of(item), key, order == "descending", metrics)
+
+
+def _rules(scope: _Scope, node: yaml.Node, ineligible: frozenset[str]) -> tuple[Rule, ...]:
+    items = scope.doc.sequence(node, "rules")
+    if not items:
+        scope.doc.fail(node, "a pack needs at least one rule")
+    return tuple(_rule(scope, item, i, i == len(items), ineligible) for i, item in enumerate(items, 1))
+
+
+def _rule(scope: _Scope, item: yaml.Node, i: int, last: bool, ineligible: frozenset[str]) -> Rule:
+    what = f"rule {i}"
+    fields = scope.doc.mapping(item, what, required=("when", "tier", "reason"))
+    when = fields["when"]
+    if isinstance(when, yaml.ScalarNode) and when.value.strip() == OTHERWISE:
+        if not last:
+            scope.doc.fail(when, f"{what}: 'otherwise' must be the last rule")
+        condition = None
+    else:
+        condition = scope.condition(when, what)
+    return Rule(condition, scope.tier(fields["tier"], what), _result_reason(scope.doc, fields["reason"], ineligible),
+                line_of(item))
+
+
+def _caps(scope: _Scope, node: yaml.Node, ineligible: frozenset[str]) -> tuple[Cap, ...]:
+    caps = []
+    for i, item in enumerate(scope.doc.sequence(node, "caps"), 1):
+        what = f"cap {i}"
+        fields = scope.doc.mapping(item, what, required=("when", "max_tier", "reason"))
+        caps.append(Cap(scope.condition(fields["when"], what), scope.tier(fields["max_tier"], what),
+                        _result_reason(scope.doc, fields["reason"], ineligible)))
+    return tuple(caps)
+
+
+def _result_reason(doc: Document, node: yaml.Node, ineligible: frozenset[str]) -> str:
+    """The reason of a rule or cap: never an eligibility reason, which marks ineligible results."""
+    reason = _name(doc, node, "reason")
+    if reason in ineligible:
+        doc.fail(node, f"reason {reason!r} is an eligibility reason: a rule or cap needs its own")
+    return reason
+
+
+def _points(scope: _Scope, node: yaml.Node) -> Points:
+    fields = scope.doc.mapping(node, "points", required=("expiry_months", "multipliers"))
+    expiry = scope.doc.integer(fields["expiry_months"], "expiry_months")
+    if expiry < 1:
+        scope.doc.fail(fields["expiry_months"], "expiry_months must be at least 1")
+    return Points(expiry, _multipliers(scope, fields["multipliers"]))
+
+
+def _multipliers(scope: _Scope, node: yaml.Node) -> dict[str, Fraction]:
+    given = {}
+    for key, _, value in scope.doc.entries(node, "multipliers"):
+        tier = scope.tier(key, "multipliers")
+        text = scope.doc.scalar(value, f"the multiplier of {tier}")
+        if not _DECIMAL.fullmatch(text):
+            scope.doc.fail(value, f"the multiplier of {tier} must be a decimal literal like 1.5, got {text!r}")
+        given[tier] = Fraction(text)
+    missing = [t for t in scope.tiers if t not in given]
+    if missing:
+        scope.doc.fail(node, f"multipliers are missing for {', '.join(missing)}")
+    return {t: given[t] for t in scope.tiers}
+
+
+def _tags(scope: _Scope, node: yaml.Node, rules: tuple[Rule, ...]) -> dict[str, Tag]:
+    types = {**scope.types, **RESULT_TYPES}
+    taken = _RESERVED | _FRAME_COLUMNS | set(types) | set(scope.tiers)
+    tags = {}
+    for key, name, value in scope.doc.entries(node, "tags"):
+        if not IDENTIFIER.fullmatch(name) or name in taken:
+            scope.doc.fail(key, f"tag {name!r} is not a valid name or clashes with a metric or tier")
+        tags[name] = _tag(scope, name, value, types, rules)
+    _at_most(scope.doc, node, len(tags), MAX_TAGS, "tags")  # the engine packs a row's tags and tier into one Int64
+    return tags
+
+
+def _tag(scope: _Scope, name: str, node: yaml.Node, types: dict[str, str], rules: tuple[Rule, ...]) -> Tag:
+    """A tag is a condition, or {when: condition, assigning_rule_fails_with: {metric: what-if value}}."""
+    what = f"tag {name}"
+    when, what_if = node, None
+    if isinstance(node, yaml.MappingNode):
+        fields = scope.doc.mapping(node, what, required=("when",), optional=("assigning_rule_fails_with",))
+        when, what_if = fields["when"], fields.get("assigning_rule_fails_with")
+    condition = scope.condition(when, what, types)
+    written, compiled, metrics = _substitutes(scope, what_if, what) if what_if else ({}, {}, frozenset())
+    if not compiled:
+        return Tag(name, condition, {}, None, condition.metrics)
+    rule_fails = tuple(None if r.condition is None else ~scope.bool_expr(r.condition.node, substitutes=compiled)
+                       for r in rules)
+    return Tag(name, condition, written, rule_fails, condition.metrics | metrics)
+
+
+def _substitutes(scope: _Scope, node: yaml.Node,
+                 what: str) -> tuple[dict[str, str], dict[str, tuple[pl.Expr, int]], frozenset[str]]:
+    """Of a what-if tag: metric -> its value as written, metric -> (compiled value, denominator), and the
+    catalogue metrics the values read."""
+    written, compiled, metrics = {}, {}, set()
+    for key, metric, value in scope.doc.entries(node, what):
+        if scope.types.get(metric) not in NUMERIC:
+            scope.doc.fail(key, f"{what}: only a numeric metric can be substituted, not {metric!r}")
+        parsed, expr, denominator = scope.number(value, f"{what}, {metric}")
+        written[metric], compiled[metric] = value.value, (expr, denominator)
+        metrics |= scope.metrics_of(parsed)
+    return written, compiled, frozenset(metrics)
+
+
+def _entitlements(scope: _Scope, node: yaml.Node, tags: dict[str, Tag]) -> dict[str, Condition]:
+    types = {"tier": "tier", **{tag: "bool" for tag in tags}}
+    entitlements = {}
+    for key, name, value in scope.doc.entries(node, "entitlements"):
+        _name(scope.doc, key, "entitlement")
+        entitlements[name] = scope.condition(value, f"entitlement {name}", types)
+    _at_most(scope.doc, node, len(entitlements), MAX_ENTITLEMENTS, "entitlements")  # one Int64 bit mask a row
+    return entitlements
+
+
+def _month(doc: Document, node: yaml.Node) -> Month:
+    text = doc.scalar(node, "effective_from")
+    try:
+        return Month.parse(text)
+    except ValueError:
+        doc.fail(node, f"effective_from must be a month YYYY-MM, got {text!r}")
