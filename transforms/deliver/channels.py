@@ -55,6 +55,8 @@ _PATH_CHARS = re.compile(r"^[A-Za-z0-9_.{}/-]+$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TEMPLATE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 LIST_SEPARATOR = ";"
+REVERSAL = "REVERSAL"  # the change type of a correction record that takes back a change sent before
+_ENTITLEMENT_FIELDS = frozenset({"entitlements", "entitlements_gained", "entitlements_lost"})
 
 
 class ChannelConfigError(ValueError):
@@ -77,6 +79,11 @@ class Channel:
     templates: dict[str, str] = field(default_factory=dict)  # change type -> template (changes feed)
     template: str | None = None                               # the one template of the other feeds
     parameters: tuple[str, ...] = ()
+
+    @property
+    def carries_entitlements(self) -> bool:
+        """A change of entitlements alone changes what this channel shows (corrections compare them)."""
+        return bool(_ENTITLEMENT_FIELDS & {*self.fields, *self.parameters})
 
     def relpath(self, month: Month, day: date | None = None) -> str:
         text = self.path.replace("{yyyymm}", month.compact)
@@ -161,7 +168,8 @@ def _fields(doc: Document, what: str, node: yaml.Node, name: str, feed: str, fmt
 
 def _templates(keys: Fields, where: str, feed: str, fields: tuple[str, ...],
                changes: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
-    """Changes feed: `templates` maps every carried change type to a template; the others: one `template`."""
+    """Changes feed: `templates` maps every carried change type, and REVERSAL (a correction taking back a change
+    sent before), to a template; the others: one `template`."""
     key, other = ("templates", "template") if feed == CHANGES else ("template", "templates")
     _given_if(keys, other, where, needed=False, refusal=f"this channel takes `{key}`")
     node = _given_if(keys, key, where, needed="template" in fields,
@@ -170,8 +178,9 @@ def _templates(keys: Fields, where: str, feed: str, fields: tuple[str, ...],
         return {}, None
     if feed != CHANGES:
         return {}, _template_name(keys.doc, node, f"{where}.template")
-    by_change = keys.doc.mapping(node, f"{where}.templates", required=changes)
-    return {c: _template_name(keys.doc, by_change[c], f"{where}.templates.{c}") for c in changes}, None
+    kinds = (*changes, REVERSAL)
+    by_change = keys.doc.mapping(node, f"{where}.templates", required=kinds)
+    return {c: _template_name(keys.doc, by_change[c], f"{where}.templates.{c}") for c in kinds}, None
 
 
 def _template_name(doc: Document, node: yaml.Node, what: str) -> str:

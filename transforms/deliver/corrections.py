@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import polars as pl
 
-REVERSAL = "REVERSAL"
+from transforms.deliver.channels import REVERSAL
+
 CHANGE, NIGHTLY_LOST, NOTICE = "CHANGE", "NIGHTLY_LOST", "NOTICE"  # kinds of told records besides reversals
 CHANGE_COLUMNS = ("subs_id", "from_tier", "to_tier", "change_type", "entitlements_gained", "entitlements_lost")
 _EMPTY_LIST = pl.List(pl.String)

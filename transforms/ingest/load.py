@@ -8,6 +8,7 @@ same file name replaced it). Loading the same delivery twice changes nothing.
 from __future__ import annotations
 
 from fractions import Fraction
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from transforms.quality.gates import GateFailed, gate_raw_file
 from transforms.warehouse.db import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
+OnRecord = Callable[[duckdb.DuckDBPyConnection, Delivery, str], None]
 _RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
 # Keys unique across all deliveries (extracts.md); None = no key.
 _CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
@@ -53,21 +55,23 @@ class IngestResult:
 
 def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
                     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
-                    results_dir: Path | None = None) -> IngestResult:
-    """Loads one delivered file in one transaction (see module docstring for the outcomes)."""
+                    results_dir: Path | None = None, on_record: OnRecord | None = None) -> IngestResult:
+    """Loads one delivered file in one transaction (see module docstring for the outcomes). `on_record(con,
+    delivery, status)` runs inside the transaction that records the outcome, for what must commit with it."""
     name = delivery.name
     current = first_row(
         con, "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
         "ORDER BY day DESC LIMIT 1", [name.file_name])
     if current is not None and current[0] > delivery.day:
-        return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use")
+        return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use",
+                                  on_record)
     try:
         control = read_control(delivery.chk_path)
         md5 = verify_control(delivery.dat_path, control)
     except FileRejected as rejected:
         if current is not None and current[0] == delivery.day and current[2] == "REJECTED" and current[1] is None:
             return IngestResult(name.file_name, delivery.day, "UNCHANGED", reason="rejected before")
-        return _reject(con, home, delivery, run_id, rejected, control=None)
+        return _reject(con, home, delivery, run_id, rejected, on_record)
     if current is not None and current[0] == delivery.day and current[1] == md5:
         return IngestResult(name.file_name, delivery.day, "UNCHANGED")
 
@@ -75,14 +79,16 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     try:
         _check_counts(parsed, control, max_quarantine_share)
     except FileRejected as rejected:
-        return _reject(con, home, delivery, run_id, rejected, control, md5, parsed)
+        return _reject(con, home, delivery, run_id, rejected, on_record, control, md5, parsed)
     try:
         with transaction(con, "ingest"):
             orphans, quarantined, loaded = _load(con, home, delivery, parsed, control, md5, run_id)
             gate_raw_file(con, name.file_name, results_dir).raise_if_failed()  # gate 1, inside the load
+            if on_record:
+                on_record(con, delivery, "LOADED")
     except GateFailed as failed:  # gate 1 failed: the load is rolled back and the file rejected whole
         return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
-                       control, md5, parsed)
+                       on_record, control, md5, parsed)
     return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans)
 
 
@@ -117,8 +123,8 @@ def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
                            f"{parsed.quarantine['reason'][0]}")
 
 
-def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, control=None, md5=None,
-            parsed: ParsedFile | None = None) -> IngestResult:
+def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, on_record: OnRecord | None,
+            control=None, md5=None, parsed: ParsedFile | None = None) -> IngestResult:
     """Records a whole-file rejection; line-level findings are kept too so the sender can fix the file."""
     with transaction(con, "ingest"):
         file_row = pl.DataFrame({"line_no": [None], "raw_text": [None], "reason": [rejected.reason],
@@ -129,16 +135,21 @@ def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, 
         _insert_quarantine(con, delivery, pl.concat([file_row, lines]), run_id)
         _insert_delivery(con, home, delivery, control, md5, 0, lines.height, 0, "REJECTED",
                          f"{rejected.reason}: {rejected.detail}", run_id)
+        if on_record:
+            on_record(con, delivery, "REJECTED")
     return IngestResult(delivery.name.file_name, delivery.day, "REJECTED",
                         reason=f"{rejected.reason}: {rejected.detail}")
 
 
-def _record_superseded(con, home, delivery: Delivery, run_id: str, why: str) -> IngestResult:
+def _record_superseded(con, home, delivery: Delivery, run_id: str, why: str,
+                       on_record: OnRecord | None) -> IngestResult:
     seen = scalar(con, "SELECT count(*) FROM ops.delivery WHERE file_name = ? AND day = ?",
                   [delivery.name.file_name, delivery.day])
     if not seen:
         with transaction(con, "ingest"):
             _insert_delivery(con, home, delivery, None, None, 0, 0, 0, "SUPERSEDED", why, run_id)
+            if on_record:
+                on_record(con, delivery, "SUPERSEDED")
     return IngestResult(delivery.name.file_name, delivery.day, "SUPERSEDED", reason=why)
 
 

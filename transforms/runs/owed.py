@@ -14,6 +14,7 @@ import duckdb
 
 from transforms.deliver.outbox import write_new
 from transforms.deliver.render import OutFile
+from transforms.runs.publish import publish
 from transforms.warehouse.db import transaction
 
 OUTBOX, PUBLISH, REPORT = "OUTBOX", "PUBLISH", "REPORT"
@@ -62,3 +63,13 @@ def done(con: duckdb.DuckDBPyConnection, effect: str, target: str) -> None:
     """A publication or report is done: no longer owed."""
     with transaction(con, "owed"):
         con.execute("DELETE FROM ops.owed WHERE effect = ? AND target = ?", [effect, target])
+
+
+def deliver_owed(con: duckdb.DuckDBPyConnection, home: Path) -> dict:
+    """Delivers everything owed, in order: the channel files, then the analysts' copy."""
+    files = deliver_files(con, home)
+    owed = {effect for effect, _, _ in owed_effects(con)}
+    if PUBLISH in owed:
+        publish(con, home)
+        done(con, PUBLISH, "")
+    return {"files": [f.relpath for f in files], "published": PUBLISH in owed}
