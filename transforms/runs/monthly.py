@@ -160,15 +160,14 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     complete = window_complete(con, month)
     with transaction(con):
         aggregate_subscriber_month(con, month, complete)
-        checks = [gate_grading_inputs(con, month, options.results_dir).raise_if_failed().as_dict()]
+        checks = [gate_grading_inputs(con, month, WINDOW, options.results_dir).raise_if_failed().as_dict()]
         points = run_points(con, month, pack)
         if complete:
             result = grade(con, month, pack, snapshot)
             result.files = _render_changes(con, month, options.channels)
-            checks.append(gate_outputs(con, month, list(pack.tiers), pack.unrated,
-                                       _channel_counts(result.files, options.channels),
+            checks.append(gate_outputs(con, month, pack, _channel_counts(result.files, options.channels),
                                        options.results_dir).raise_if_failed().as_dict())
-            checks.append(gate_breaker(con, month, options.accept_mass_change,
+            checks.append(gate_breaker(con, month, pack, options.accept_mass_change,
                                        options.results_dir).raise_if_failed().as_dict())
         else:
             result = MonthlyResult(month, graded=False,

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS raw.subscriber_history (
     valid_to DATE,              -- snapshot date it was replaced or the subscriber vanished (exclusive); NULL = current
     file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL
 );
+CREATE MACRO IF NOT EXISTS raw.snapshot_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d AND (valid_to IS NULL OR valid_to > d);
 CREATE TABLE IF NOT EXISTS raw.bill (
     file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
     subs_id VARCHAR NOT NULL, bill_month DATE NOT NULL, item_code VARCHAR NOT NULL, amount_fen BIGINT NOT NULL
