@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from tests.test_monthly_golden import JAN, JUL, JUN, PACK, graded_golden
+from transforms.ingest import layouts
+from transforms.quality import suites
 from transforms.warehouse.marts import write_subscriber_month
 from transforms.quality.gates import (GateFailed, gate_breaker, gate_grading_inputs, gate_outputs, gate_raw_file,
-                                outputs_frame, run_suite, substitute)
+                                      grading_inputs_frame, outputs_frame, raw_file_frame)
+from transforms.quality.suites import load_suite, run_suite
 from transforms.warehouse.db import connect
 
-TIERS = PACK.tiers
-UNRATED = TIERS[0]
+WINDOW = 6  # six-star's grading window
 CHANNELS = {"boss": 5, "crm": 5, "sms": (2, ["UPGRADE"])}   # July: 5 changes, 2 of them upgrades (B, S)
 
 
@@ -92,12 +96,19 @@ def test_raw_file_gate_catches_duplicate_keys_and_future_dates(con):
             "e.g. ['ACCT_20260731.dat: 20260815']"]
 
 
+def test_raw_file_enum_sets_are_the_extract_layouts(con):
+    _, params = raw_file_frame(con, "ACCT_20260731.dat")
+    assert {k: params[k] for k in ("brands", "subs_types", "statuses", "bill_items", "susp_types")} == {
+        "brands": list(layouts.BRANDS), "subs_types": list(layouts.SUBS_TYPES), "statuses": list(layouts.STATUSES),
+        "bill_items": list(layouts.BILL_ITEMS), "susp_types": list(layouts.SUSP_TYPES)}
+
+
 # --- gate 2: grading inputs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("month", [JAN, JUN, JUL])
 def test_grading_inputs_pass_including_the_first_month_of_history(con, month):
     # January has no December aggregates: its ratio checks are skipped, not failed against 0.
-    result = gate_grading_inputs(con, month)
+    result = gate_grading_inputs(con, month, WINDOW)
     assert result.success, result.message()
 
 
@@ -107,7 +118,7 @@ def test_a_bill_holding_half_the_province_fails(con):
     with altered(con, "DELETE FROM raw.bill WHERE file_name = 'BILL_202607.dat' "
                       "AND subs_id IN ('A', 'B', 'C', 'E', 'F', 'H')"):
         write_subscriber_month(con, JUL, True)
-        result = gate_grading_inputs(con, JUL)
+        result = gate_grading_inputs(con, JUL, WINDOW)
     assert failed_lines(result) == [
         "expect_column_values_to_be_between(consumption_ratio): 1 of 1 unexpected, e.g. ['2026-07: 0.6269']",
         "expect_column_values_to_be_between(billed_subscribers_ratio): 1 of 1 unexpected, e.g. ['2026-07: 0.4167']",
@@ -116,10 +127,10 @@ def test_a_bill_holding_half_the_province_fails(con):
 
 def test_a_missing_or_rejected_bill_in_the_window_fails(con):
     with altered(con, "DELETE FROM ops.delivery WHERE file_name = 'BILL_202603.dat'"):
-        assert failed_lines(gate_grading_inputs(con, JUL)) == [
+        assert failed_lines(gate_grading_inputs(con, JUL, WINDOW)) == [
             "expect_column_values_to_be_in_set(bill_status): 1 of 6 unexpected, e.g. ['2026-03: MISSING']"]
     with altered(con, "UPDATE ops.delivery SET status = 'REJECTED' WHERE file_name = 'BILL_202604.dat'"):
-        assert failed_lines(gate_grading_inputs(con, JUL)) == [
+        assert failed_lines(gate_grading_inputs(con, JUL, WINDOW)) == [
             "expect_column_values_to_be_in_set(bill_status): 1 of 6 unexpected, e.g. ['2026-04: REJECTED']"]
 
 
@@ -127,21 +138,30 @@ def test_duplicated_subscriber_month_row_and_stale_snapshot_fail(con):
     # A's July row twice: 12 rows for 11 subscribers.
     with altered(con, "INSERT INTO mart.subscriber_month SELECT * FROM mart.subscriber_month "
                       "WHERE month = '2026-07-01' AND subs_id = 'A'"):
-        assert failed_lines(gate_grading_inputs(con, JUL)) == [
+        assert failed_lines(gate_grading_inputs(con, JUL, WINDOW)) == [
             "expect_column_pair_values_to_be_equal(distinct_subscribers, subscriber_rows): 1 of 1 unexpected, "
             "e.g. ['2026-07: (11, 12)']"]
     # Without the 2026-07-31 snapshot, S(2026-07) is the June one.
     with altered(con, "DELETE FROM ops.snapshot WHERE snapshot_date = '2026-07-31'"):
-        assert failed_lines(gate_grading_inputs(con, JUL)) == [
+        assert failed_lines(gate_grading_inputs(con, JUL, WINDOW)) == [
             "expect_column_pair_values_to_be_equal(snapshot_month, month): 1 of 6 unexpected, "
             "e.g. [\"2026-07: ('2026-06', '2026-07')\"]"]
+
+
+def test_the_window_is_the_callers(con):
+    # BILL_202603 missing: outside a 3-month window (May..July), inside six-star's 6 months (failed above).
+    assert list(grading_inputs_frame(con, JUL, 3)["month"]) == ["2026-05", "2026-06", "2026-07"]
+    with altered(con, "DELETE FROM ops.delivery WHERE file_name = 'BILL_202603.dat'"):
+        assert gate_grading_inputs(con, JUL, 3).success
+    with pytest.raises(ValueError, match="grading window"):
+        gate_grading_inputs(con, JUL, 0)
 
 
 # --- gate 3: outputs -------------------------------------------------------------------------------------------
 
 def test_outputs_pass_for_both_graded_months(con, tmp_path):
-    assert gate_outputs(con, JUN, TIERS, UNRATED, {"boss": 11}).success  # June: 11 NEW
-    result = gate_outputs(con, JUL, TIERS, UNRATED, CHANNELS, tmp_path)
+    assert gate_outputs(con, JUN, PACK, {"boss": 11}).success  # June: 11 NEW
+    result = gate_outputs(con, JUL, PACK, CHANNELS, tmp_path)
     assert result.success, result.message()
     assert result.message() == "gate outputs passed (5 expectations)"
 
@@ -149,7 +169,7 @@ def test_outputs_pass_for_both_graded_months(con, tmp_path):
 def test_a_tier_outside_the_pack_fails_with_subscriber_counts(con):
     with altered(con, "UPDATE mart.tier_assignment SET tier = 'STAR9' WHERE grade_month = '2026-07-01' "
                       "AND subs_id = 'A'"):
-        lines = failed_lines(gate_outputs(con, JUL, TIERS, UNRATED))
+        lines = failed_lines(gate_outputs(con, JUL, PACK))
     assert "expect_column_values_to_be_in_set(tier): 1 of 14 unexpected, e.g. ['STAR9']" in lines
     # A's STAR5 -> STAR9 now has no grade_change row: 5 stored + 1 expected-only
     assert "expect_column_values_to_be_in_set(grade_change): 1 of 6 unexpected, e.g. ['MISSING_ROW']" in lines
@@ -158,9 +178,24 @@ def test_a_tier_outside_the_pack_fails_with_subscriber_counts(con):
 def test_unrated_without_an_ineligibility_reason_fails(con):
     with altered(con, "UPDATE mart.tier_assignment SET tier = 'UNRATED' WHERE grade_month = '2026-07-01' "
                       "AND subs_id = 'E'"):
-        lines = failed_lines(gate_outputs(con, JUL, TIERS, UNRATED))
+        lines = failed_lines(gate_outputs(con, JUL, PACK))
     assert ("expect_column_values_to_be_in_set(unrated_rule): 1 of 14 unexpected, "
             "e.g. ['UNRATED with reason AVG6']") in lines
+
+
+def test_the_unrated_rule_follows_the_packs_eligibility_reasons(con):
+    cancelled_only = replace(PACK, eligibility=tuple(e for e in PACK.eligibility
+                                                     if e.reason == "INELIGIBLE_CANCELLED"))
+    assert failed_lines(gate_outputs(con, JUL, cancelled_only)) == [
+        "expect_column_values_to_be_in_set(unrated_rule): 2 of 14 unexpected, "
+        "e.g. ['UNRATED with reason INELIGIBLE_REALNAME', 'UNRATED with reason INELIGIBLE_TYPE']"]
+    # No naming convention: reasons without the INELIGIBLE_ prefix do as well when the pack gives them.
+    unprefixed = replace(PACK, eligibility=tuple(replace(e, reason=e.reason.removeprefix("INELIGIBLE_"))
+                                                 for e in PACK.eligibility))
+    with altered(con, "UPDATE mart.tier_assignment SET reason = replace(reason, 'INELIGIBLE_', '') "
+                      "WHERE grade_month = '2026-07-01'"):
+        result = gate_outputs(con, JUL, unprefixed)
+    assert result.success, result.message()
 
 
 def test_missing_duplicated_and_foreign_tier_rows_fail(con):
@@ -171,7 +206,7 @@ def test_missing_duplicated_and_foreign_tier_rows_fail(con):
                  "INSERT INTO mart.tier_assignment SELECT grade_month, 'ZZ', tier, reason, computed_tier, protected, "
                  "sum6_fen, tenure_months, prior_year_points, susp12, tags, rules_version, region_code "
                  "FROM mart.tier_assignment WHERE grade_month = '2026-07-01' AND subs_id = 'R'"):
-        lines = failed_lines(gate_outputs(con, JUL, TIERS, UNRATED))
+        lines = failed_lines(gate_outputs(con, JUL, PACK))
     # 14 subscribers of S(M) + ZZ: 12 with one row, A twice, C none, ZZ not in S(M)
     assert lines[0] == ("expect_column_values_to_be_in_set(assignment): 3 of 15 unexpected, "
                         "e.g. ['DUPLICATED', 'MISSING', 'NOT_IN_SNAPSHOT']")
@@ -179,19 +214,19 @@ def test_missing_duplicated_and_foreign_tier_rows_fail(con):
 
 def test_grade_change_rows_deleted_altered_or_invented_fail(con):
     with altered(con, "DELETE FROM mart.grade_change WHERE grade_month = '2026-07-01' AND subs_id = 'D'"):
-        assert failed_lines(gate_outputs(con, JUL, TIERS, UNRATED)) == [
+        assert failed_lines(gate_outputs(con, JUL, PACK)) == [
             "expect_column_values_to_be_in_set(grade_change): 1 of 5 unexpected, e.g. ['MISSING_ROW']"]
     with altered(con,
                  "UPDATE mart.grade_change SET to_tier = 'STAR2' WHERE grade_month = '2026-07-01' AND subs_id = 'D'",
                  "INSERT INTO mart.grade_change "
                  "VALUES ('2026-07-01', 'A', 'STAR5', 'STAR5', 'UPGRADE', 'AVG6', [], [])"):
-        assert failed_lines(gate_outputs(con, JUL, TIERS, UNRATED)) == [
+        assert failed_lines(gate_outputs(con, JUL, PACK)) == [
             "expect_column_values_to_be_in_set(grade_change): 2 of 6 unexpected, "
             "e.g. ['UNEXPECTED_ROW', 'WRONG_TO_TIER']"]
 
 
 def test_channel_counts_that_differ_from_grade_change_fail(con):
-    result = gate_outputs(con, JUL, TIERS, UNRATED, {"boss": 4, "crm": 5, "sms": (1, ["UPGRADE"])})
+    result = gate_outputs(con, JUL, PACK, {"boss": 4, "crm": 5, "sms": (1, ["UPGRADE"])})
     assert failed_lines(result) == [
         "expect_column_pair_values_to_be_equal(channel_records, grade_change_records): 2 of 3 unexpected, "
         "e.g. ['boss: (4, 5)', 'sms: (1, 2)']"]
@@ -199,25 +234,25 @@ def test_channel_counts_that_differ_from_grade_change_fail(con):
         result.raise_if_failed()
     assert raised.value.result is result
     with pytest.raises(ValueError, match="change types"):
-        gate_outputs(con, JUL, TIERS, UNRATED, {"sms": (2, ["PROMOTED"])})
+        gate_outputs(con, JUL, PACK, {"sms": (2, ["PROMOTED"])})
 
 
 # --- gate 4: circuit breaker -----------------------------------------------------------------------------------
 
 def test_breaker_passes_the_first_graded_month(con):
-    result = gate_breaker(con, JUN, accepted=False)
+    result = gate_breaker(con, JUN, PACK, accepted=False)
     assert result.success and not result.accepted
     assert result.statistics["observed"]["rated_base"] == 0  # May has no tiers: nothing to compare with
 
 
 def test_mass_downgrade_is_blocked_unless_accepted(con, tmp_path):
     # D downgraded + G lost = 2 of June's 11 rated = 0.1818 > 0.05
-    result = gate_breaker(con, JUL, accepted=False, results_dir=tmp_path)
+    result = gate_breaker(con, JUL, PACK, accepted=False, results_dir=tmp_path)
     assert result.message() == ("gate circuit_breaker failed: expect_column_values_to_be_between("
                                 "downgrade_lost_share): 1 of 1 unexpected, e.g. ['2026-07: 0.1818']")
     assert result.statistics["observed"] == {"rated_base": 11, "downgrades": 1, "lost": 1,
                                              "downgrade_lost_share": 0.1818}
-    accepted = gate_breaker(con, JUL, accepted=True)
+    accepted = gate_breaker(con, JUL, PACK, accepted=True)
     assert accepted.success and accepted.accepted and accepted.failures
     assert accepted.message().startswith("gate circuit_breaker accepted by the operator despite: ")
     accepted.raise_if_failed()
@@ -229,14 +264,14 @@ def test_breaker_share_boundary(con, extra_rated, passes):
     with altered(con, f"""INSERT INTO mart.tier_assignment
                           SELECT '2026-06-01', 'X' || i, 'STAR1', 'AVG6', 'STAR1', false, 0, 80, 0, 0, [], 'v', '4110'
                           FROM range({extra_rated}) t(i)"""):
-        result = gate_breaker(con, JUL, accepted=False)
+        result = gate_breaker(con, JUL, PACK, accepted=False)
     assert result.success is passes, result.message()
 
 
 # --- run_suite -------------------------------------------------------------------------------------------------
 
 def test_run_suite_substitutes_placeholders_and_writes_the_results(con, tmp_path):
-    frame = outputs_frame(con, JUL, TIERS, UNRATED, CHANNELS)
+    frame = outputs_frame(con, JUL, PACK, CHANNELS)
     short_pack = ["UNRATED", "STAR1"]
     result = run_suite("outputs", frame, {"tiers": short_pack}, tmp_path)
     # with a two-tier pack: STAR2 1 + STAR3 1 + STAR4 1 + STAR5 6 = 9 of the 14 July tiers are outside it
@@ -252,15 +287,58 @@ def test_run_suite_substitutes_placeholders_and_writes_the_results(con, tmp_path
     first = result.results_path.read_bytes()
     run_suite("outputs", frame, {"tiers": short_pack}, tmp_path)
     assert result.results_path.read_bytes() == first
+    # the suite kept in the process keeps its parameter: the whole pack passes again
+    assert run_suite("outputs", frame, {"tiers": list(PACK.tiers)}).success
 
 
 def test_run_suite_refuses_missing_parameters_and_bad_suite_names(tmp_path):
     empty = connect(tmp_path)
-    assert substitute({"a": [{"$param": "x"}, {"b": {"$param": "y"}}], "c": 1}, {"x": 1, "y": [2]}) == \
-        {"a": [1, {"b": [2]}], "c": 1}
-    with pytest.raises(ValueError, match="needs parameter 'tiers'"):
-        run_suite("outputs", None, {})
+    with pytest.raises(ValueError, match=r"suite outputs needs parameter 'tiers' \(given: \['other'\]\)"):
+        run_suite("outputs", pd.DataFrame(), {"other": 1})
     with pytest.raises(ValueError, match="invalid suite name"):
-        run_suite("../outputs", None, {})
+        run_suite("../outputs", pd.DataFrame(), {})
     with pytest.raises(ValueError, match="never been delivered"):
         gate_raw_file(empty, "BILL_209901.dat")
+
+
+@pytest.fixture
+def probe_suite(tmp_path, monkeypatch):
+    """Writes expectations/probe.json (in a folder of its own) holding one expectation of column c."""
+    monkeypatch.setattr(suites, "expectations_dir", lambda: tmp_path)
+
+    def write(type_: str, **kwargs):
+        expectation = {"type": type_, "kwargs": {"column": "c", **kwargs}}
+        (tmp_path / "probe.json").write_text(json.dumps({"name": "probe", "meta": {}, "expectations": [expectation]}))
+    return write
+
+
+@pytest.mark.parametrize("value_set", [{"$param": "codes"}, [{"$PARAMETER": "codes"}], {"$PARAMETER": 1}])
+def test_a_kwarg_dict_that_ge_would_not_substitute_is_refused(probe_suite, value_set):
+    # GE compares values with such a dict as it is: the check would fail without saying why.
+    probe_suite("expect_column_values_to_be_in_set", value_set=value_set)
+    with pytest.raises(ValueError, match=r"suite probe, expectation 1 \(expect_column_values_to_be_in_set\), "
+                                         r"value_set: .* is not a value"):
+        run_suite("probe", pd.DataFrame({"c": ["a"]}), {"codes": ["a"]})
+
+
+def test_an_expectation_ge_cannot_build_is_an_error_not_dropped(probe_suite):
+    probe_suite("expect_column_values_to_be_purple")
+    with pytest.raises(ValueError, match=r"suite probe, expectation 1 \(expect_column_values_to_be_purple\) "
+                                         r"is invalid"):
+        run_suite("probe", pd.DataFrame({"c": ["a"]}), {})
+
+
+def test_a_changed_suite_is_rebuilt_in_the_running_process(probe_suite):
+    frame = pd.DataFrame({"c": ["a", "b"]})
+    probe_suite("expect_column_values_to_be_in_set", value_set=["a"])
+    assert not run_suite("probe", frame, {}).success
+    probe_suite("expect_column_values_to_be_in_set", value_set={"$PARAMETER": "codes"})
+    assert run_suite("probe", frame, {"codes": ["a", "b"]}).success
+
+
+@pytest.mark.parametrize("suite", ["raw_file", "grading_inputs", "outputs", "circuit_breaker"])
+def test_each_suite_documents_its_parameters(suite):
+    spec = load_suite(suite)
+    used = {value["$PARAMETER"] for e in spec["expectations"] for value in e["kwargs"].values()
+            if isinstance(value, dict)}
+    assert used == set(spec["meta"]["params"])

@@ -1,11 +1,5 @@
-"""The four data-quality gates of quality.md as Great Expectations suites (expectations/*.json).
-
-Suites are data: each `expectations/<suite>.json` holds GE expectation configurations (type + kwargs) and the
-tunable bounds in their kwargs; operators change thresholds there. Values only known at run time are written
-as placeholders `{"$param": "<name>"}` anywhere inside kwargs and substituted from the `params` dict given to
-`run_suite` (a missing parameter is an error, never a silent default). Suite `meta` may name:
-  - `row_weight`: a column saying how many records a frame row stands for (counts in messages are weighted);
-  - `row_label`: a column whose value is put in front of an example (which month, which channel, ...).
+"""The four data-quality gates of quality.md: each aggregates the warehouse into a small frame and validates it
+with its Great Expectations suite (expectations/<suite>.json, run by transforms.quality.suites).
 
 GE 1.24's SQL data source returns no rows from DuckDB, and 10M subscribers must not go through pandas, so every
 gate aggregates in DuckDB first and validates a small pandas frame (Arrow-backed dtypes). One frame per suite can
@@ -13,243 +7,33 @@ mix sections of different grain: a column that does not apply to a row is null, 
 skip nulls (pair expectations are configured with ignore_row_if = either_value_is_missing); values that must be
 checked are never null (SQL fills them with a failing sentinel such as '' or -1 or 'none').
 
+Nothing here assumes a particular rule pack: enum value sets come from transforms.ingest.layouts, the tiers, the
+unrated tier and the ineligibility reasons from the pack, the grading window from the caller.
+
 Usage: `gate_*(...)` returns a GateResult; `result.raise_if_failed()` raises GateFailed carrying it.
-Great Expectations is imported inside `run_suite` only (its import costs seconds).
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
 from transforms.core.calendar import Month
-from transforms.core.resources import expectations_dir
+from transforms.ingest.layouts import BILL_ITEMS, BRANDS, STATUSES, SUBS_TYPES, SUSP_TYPES
+from transforms.quality.suites import GateFailed, GateResult, plain, run_suite
 from transforms.warehouse.db import first_row, scalar, snapshot_date_for
 
-WINDOW = 6                      # grading months M-5..M (rules.md sum6)
+if TYPE_CHECKING:  # ingestion runs gate 1 without loading the rule engine
+    from transforms.grade.rulepack import RulePack
+
+__all__ = ["GateFailed", "GateResult", "gate_breaker", "gate_grading_inputs", "gate_outputs", "gate_raw_file"]
+
 CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
-_SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_MAX_EXAMPLES = 5
-
-
-# --- results ---------------------------------------------------------------------------------------------------
-
-@dataclass
-class GateFailure:
-    expectation: str            # GE expectation type, e.g. expect_column_values_to_be_in_set
-    column: str | None          # the column checked ("A, B" for a column pair)
-    counts: dict                # element_count, unexpected_count, missing_count; records/unexpected_records if weighted
-    examples: list              # offending values (with the row label in front when the suite names one)
-
-    def line(self) -> str:
-        target = f"{self.expectation}({self.column})" if self.column else self.expectation
-        c = self.counts
-        if "error" in c:
-            return f"{target}: error {c['error']}"
-        if "unexpected_records" in c:
-            how_many = f"{c['unexpected_records']:,} of {c['records']:,} unexpected"
-        elif "unexpected_count" in c:
-            checked = c.get("element_count", 0) - c.get("missing_count", 0)
-            how_many = f"{c['unexpected_count']:,} of {checked:,} unexpected"
-        else:
-            how_many = f"observed {c.get('observed_value')!r}"
-        return f"{target}: {how_many}" + (f", e.g. {self.examples!r}" if self.examples else "")
-
-
-@dataclass
-class GateResult:
-    gate: str                   # the suite name
-    success: bool
-    failures: list[GateFailure]
-    statistics: dict            # GE's statistics (evaluated / successful / unsuccessful expectations), gate extras
-    accepted: bool = False      # circuit breaker only: it tripped and the operator accepted it
-    results_path: Path | None = None
-
-    def message(self) -> str:
-        """One line for the operator."""
-        detail = "; ".join(f.line() for f in self.failures)
-        if self.accepted:
-            return f"gate {self.gate} accepted by the operator despite: {detail}"
-        if self.success:
-            return f"gate {self.gate} passed ({self.statistics.get('evaluated_expectations', 0)} expectations)"
-        return f"gate {self.gate} failed: {detail}"
-
-    def raise_if_failed(self) -> "GateResult":
-        if not self.success:
-            raise GateFailed(self)
-        return self
-
-    def as_dict(self) -> dict:
-        """JSON-ready, for the run ledger's checks."""
-        return {"gate": self.gate, "success": self.success, "accepted": self.accepted,
-                "message": self.message(), "failures": [asdict(f) for f in self.failures],
-                "statistics": self.statistics,
-                "results_path": str(self.results_path) if self.results_path else None}
-
-
-class GateFailed(Exception):
-    """A quality gate failed; `.result` is its GateResult and the message is the operator's line."""
-
-    def __init__(self, result: GateResult):
-        super().__init__(result.message())
-        self.result = result
-
-
-# --- running a suite -------------------------------------------------------------------------------------------
-
-def load_suite(suite_name: str) -> dict:
-    """The suite JSON of expectations/<suite_name>.json (name checked: no path out of the folder)."""
-    if not _SUITE_NAME.match(suite_name):
-        raise ValueError(f"invalid suite name {suite_name!r}")
-    path = expectations_dir() / f"{suite_name}.json"
-    if not path.is_file():
-        raise ValueError(f"no expectation suite {suite_name!r} in {expectations_dir()}")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def substitute(value, params: Mapping, suite_name: str = ""):
-    """Replaces every {"$param": name} inside `value` by params[name]."""
-    if isinstance(value, dict):
-        if set(value) == {"$param"}:
-            name = value["$param"]
-            if name not in params:
-                raise ValueError(f"suite {suite_name} needs parameter {name!r} (given: {sorted(params)})")
-            return params[name]
-        return {k: substitute(v, params, suite_name) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, params, suite_name) for v in value]
-    return value
-
-
-def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir: Path | None = None,
-              result_name: str | None = None) -> GateResult:
-    """Validates one frame with one suite; writes GE's validation result to results_dir/<result_name or
-    suite_name>.json when results_dir is given (volatile fields removed: same inputs, same file)."""
-    spec = load_suite(suite_name)
-    if result_name is not None and not _RESULT_NAME.match(result_name):
-        raise ValueError(f"invalid result name {result_name!r}")
-    expectations = [{"type": e["type"], "kwargs": substitute(e["kwargs"], params, suite_name),
-                     "meta": e.get("meta", {})} for e in spec["expectations"]]
-    meta = spec.get("meta", {})
-    frame = frame.reset_index(drop=True)
-    validation, ordered_ids = _validate(suite_name, expectations, meta, frame)
-    by_id = {r.expectation_config.id: r for r in validation.results}
-    results = [by_id[i] for i in ordered_ids]
-    failures = [_failure(r, frame, meta) for r in results if not r.success]
-    statistics = dict(validation.statistics)
-    path = None
-    if results_dir is not None:
-        path = _write_results(validation.to_json_dict(), ordered_ids, Path(results_dir),
-                              result_name or suite_name, params, frame)
-    return GateResult(suite_name, not failures, failures, statistics, results_path=path)
-
-
-def _validate(suite_name: str, expectations: list[dict], meta: dict, frame: pd.DataFrame):
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network
-    import great_expectations as gx  # slow import: only when a gate runs
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
-
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    batch_definition = (context.data_sources.add_pandas("tierflow")
-                        .add_dataframe_asset(suite_name)
-                        .add_batch_definition_whole_dataframe("whole"))
-    suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations, meta=meta))
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-    # COMPLETE: all unexpected row indexes, to weight counts (frames are aggregated, hence small).
-    validation = batch.validate(suite, result_format="COMPLETE")
-    return validation, [e.id for e in suite.expectations]
-
-
-def _failure(result, frame: pd.DataFrame, meta: dict) -> GateFailure:
-    config = result.expectation_config
-    kwargs = config.kwargs
-    column = kwargs.get("column") or (f"{kwargs['column_A']}, {kwargs['column_B']}" if "column_A" in kwargs
-                                      else None)
-    error = _exception_message(result.exception_info)
-    if error:
-        return GateFailure(config.type, column, {"error": error}, [])
-    res = result.result or {}
-    counts = {k: _plain(res[k]) for k in ("element_count", "unexpected_count", "missing_count", "observed_value")
-              if k in res}
-    indexes = list(res.get("unexpected_index_list") or [])
-    weight = meta.get("row_weight")
-    if weight and kwargs.get("column") and weight in frame and indexes:
-        checked = frame[kwargs["column"]].notna()
-        weights = frame[weight]
-        if weights[checked].notna().all():
-            counts["records"] = int(weights[checked].sum())
-            counts["unexpected_records"] = int(weights.iloc[indexes].sum())
-    values = res.get("unexpected_list") or res.get("partial_unexpected_list") or []
-    if not values and "observed_value" in res and "unexpected_count" not in res:
-        values = [res["observed_value"]]
-    label = meta.get("row_label")
-    examples = []
-    for position, value in enumerate(values[:_MAX_EXAMPLES]):
-        value = _plain(value)
-        row_label = None
-        if label and label in frame and position < len(indexes):
-            row_label = _plain(frame[label].iloc[indexes[position]])
-        examples.append(f"{row_label}: {value}" if row_label is not None else value)
-    return GateFailure(config.type, column, counts, examples)
-
-
-def _exception_message(info) -> str | None:
-    """GE reports an exception either flat or keyed by metric; the first message found."""
-    if not info:
-        return None
-    if info.get("raised_exception"):
-        return str(info.get("exception_message"))
-    for value in info.values():
-        if isinstance(value, dict) and value.get("raised_exception"):
-            return str(value.get("exception_message"))
-    return None
-
-
-def _plain(value):
-    """JSON-ready Python value (numpy / Arrow scalars unwrapped, floats rounded for reading)."""
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if value is pd.NA:
-        return None
-    if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 4)
-    return value
-
-
-def _write_results(doc: dict, ordered_ids: list[str], results_dir: Path, name: str, params: Mapping,
-                   frame: pd.DataFrame) -> Path:
-    """GE's full validation result, results in suite order, without run-specific ids and load times; with the
-    parameters and the (aggregated, small) frame validated, for the record."""
-    rank = {i: n for n, i in enumerate(ordered_ids)}
-    doc["results"] = sorted(doc.get("results", []), key=lambda r: rank.get(r["expectation_config"].get("id"), 0))
-    for r in doc["results"]:
-        r["expectation_config"].pop("id", None)
-    doc.pop("id", None)
-    doc.get("meta", {}).get("batch_markers", {}).pop("ge_load_time", None)
-    doc["tierflow_params"] = dict(params)
-    doc["tierflow_frame"] = [{k: _plain(v) for k, v in row.items() if not pd.isna(v)}
-                             for row in frame.to_dict("records")]
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 # --- frames ----------------------------------------------------------------------------------------------------
@@ -292,8 +76,7 @@ _RAW_PROFILE = {
                list_sort(list(DISTINCT coalesce(brand, '(null)'))) AS brand,
                list_sort(list(DISTINCT coalesce(subs_type, '(null)'))) AS subs_type,
                list_sort(list(DISTINCT coalesce(status, '(null)'))) AS subscriber_status
-        FROM raw.subscriber_history
-        WHERE valid_from <= $snapshot AND (valid_to IS NULL OR valid_to > $snapshot)""",
+        FROM raw.snapshot_as_of($snapshot)""",
     "SUSP": f"""
         SELECT count(*) AS raw_rows, count(DISTINCT event_id) AS distinct_keys,
                count(*) FILTER (WHERE event_id IS NULL OR subs_id IS NULL) AS null_keys,
@@ -312,6 +95,9 @@ _RAW_PROFILE = {
         FROM raw.override WHERE file_name = $file""",
 }
 _ENUM_FIELDS = ("brand", "subs_type", "subscriber_status", "item_code", "susp_type")
+# The suite's value sets, from the one place the extract interface lists them.
+_ENUM_PARAMS = {"brands": BRANDS, "subs_types": SUBS_TYPES, "statuses": STATUSES, "bill_items": BILL_ITEMS,
+                "susp_types": SUSP_TYPES}
 _RAW_SCHEMA = ([("file_name", pa.string()), ("kind", pa.string()), ("delivery_status", pa.string()),
                 ("md5", pa.string())]
                + [(c, pa.int64()) for c in (
@@ -343,7 +129,8 @@ def raw_file_frame(con: duckdb.DuckDBPyConnection, file_name: str) -> tuple[pd.D
         **{k: v for k, v in profile.items() if k not in _ENUM_FIELDS},
     }
     values = [{name: value} for name in _ENUM_FIELDS for value in (profile.get(name) or [])]
-    params = {"period_first_day": _yyyymmdd(period_first_day), "delivery_day": _yyyymmdd(d["day"])}
+    params = {"period_first_day": _yyyymmdd(period_first_day), "delivery_day": _yyyymmdd(d["day"]),
+              **{name: list(value_set) for name, value_set in _ENUM_PARAMS.items()}}
     return _frame([control] + values, _RAW_SCHEMA), params
 
 
@@ -364,10 +151,13 @@ _INPUTS_SCHEMA = [("month", pa.string()), ("bill_file", pa.string()), ("bill_sta
                   ("billed_subscribers_ratio", pa.float64())]
 
 
-def grading_inputs_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.DataFrame:
-    """One row per month of M-5..M from the start of history (the first BILL ever delivered) on."""
+def grading_inputs_frame(con: duckdb.DuckDBPyConnection, month: Month, window: int) -> pd.DataFrame:
+    """One row per month of the window (the `window` months ending with M) from the start of history (the
+    first BILL ever delivered) on."""
+    if window < 1:
+        raise ValueError(f"grading window must be a positive number of months, got {window!r}")
     first_bill = scalar(con, "SELECT min(period) FROM ops.delivery WHERE kind = 'BILL'")
-    start = min(max(month - (WINDOW - 1), Month.parse(first_bill) if first_bill else month), month)
+    start = min(max(month - (window - 1), Month.parse(first_bill) if first_bill else month), month)
     months = [start + k for k in range(month - start + 1)]
     status = dict(con.execute("""
         SELECT period, arg_max(status, day) FROM ops.delivery
@@ -375,7 +165,7 @@ def grading_inputs_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.Dat
         GROUP BY period""", [months[0].compact, month.compact]).fetchall())
     totals = {Month.of(m): (n, cons) for m, n, cons in con.execute("""
         SELECT month, count(*), sum(cons_fen) FROM mart.subscriber_month
-        WHERE month BETWEEN ? AND ? GROUP BY month""", [(month - WINDOW).first_day, month.first_day]).fetchall()}
+        WHERE month BETWEEN ? AND ? GROUP BY month""", [(month - window).first_day, month.first_day]).fetchall()}
     rows_m, distinct_m = first_row(con, "SELECT count(*), count(DISTINCT subs_id) FROM mart.subscriber_month "
                                         "WHERE month = ?", [month.first_day])
     rows = []
@@ -396,12 +186,12 @@ def grading_inputs_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.Dat
     return _frame(rows, _INPUTS_SCHEMA)
 
 
-def gate_grading_inputs(con: duckdb.DuckDBPyConnection, month: Month,
+def gate_grading_inputs(con: duckdb.DuckDBPyConnection, month: Month, window: int,
                         results_dir: Path | None = None) -> GateResult:
-    """Gate 2, run after mart.subscriber_month of M is written and before grading: BILL loaded for each month
-    of the window, S(M) present and dated within M, one row per (month, subs_id) for M, and total consumption
-    and billed subscribers of M within the suite's bounds of M-1."""
-    return run_suite("grading_inputs", grading_inputs_frame(con, month), {}, results_dir)
+    """Gate 2, run after mart.subscriber_month of M is written and before grading: BILL loaded for each of the
+    `window` months ending with M (the pack's grading window), S(M) present and dated within M, one row per
+    (month, subs_id) for M, and total consumption and billed subscribers of M within the suite's bounds of M-1."""
+    return run_suite("grading_inputs", grading_inputs_frame(con, month, window), {}, results_dir)
 
 
 # --- gate 3: outputs -------------------------------------------------------------------------------------------
@@ -414,8 +204,7 @@ _OUTPUTS_SCHEMA = [("label", pa.string()), ("records", pa.int64()), ("assignment
                    ("grade_change_records", pa.int64())]
 
 _ASSIGNMENT_SQL = """
-    WITH snap AS (SELECT subs_id FROM raw.subscriber_history  -- unique per date: gate 1 checks each ACCT
-                  WHERE valid_from <= $snap AND (valid_to IS NULL OR valid_to > $snap)),
+    WITH snap AS (SELECT subs_id FROM raw.snapshot_as_of($snap)),  -- unique per date: gate 1 checks each ACCT
          assigned AS (SELECT subs_id, count(*) AS n FROM mart.tier_assignment WHERE grade_month = $m
                       GROUP BY subs_id)
     SELECT CASE WHEN snap.subs_id IS NULL THEN 'NOT_IN_SNAPSHOT' WHEN assigned.n IS NULL THEN 'MISSING'
@@ -426,7 +215,7 @@ _ASSIGNMENT_SQL = """
 
 _TIER_SQL = """
     SELECT tier, reason,
-           CASE WHEN (tier = $unrated) = starts_with(reason, 'INELIGIBLE_') THEN 'CONSISTENT'
+           CASE WHEN (tier = $unrated) = list_contains($ineligible, reason) THEN 'CONSISTENT'
                 ELSE tier || ' with reason ' || reason END AS unrated_rule,
            count(*) AS records
     FROM mart.tier_assignment WHERE grade_month = $m
@@ -477,31 +266,32 @@ def _channel_rows(con, month: Month, channel_counts: Mapping[str, ChannelCount] 
     return rows
 
 
-def outputs_frame(con: duckdb.DuckDBPyConnection, month: Month, tiers: list[str], unrated: str,
+def outputs_frame(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
                   channel_counts: Mapping[str, ChannelCount] | None = None) -> pd.DataFrame:
     snapshot = snapshot_date_for(con, month)
     m = {"m": month.first_day}
     rows = (_records(con, _ASSIGNMENT_SQL, m | {"snap": snapshot})
-            + _records(con, _TIER_SQL, m | {"unrated": unrated})
-            + _records(con, _GRADE_CHANGE_SQL, m | {"prev": (month - 1).first_day, "unrated": unrated,
-                                                    "tiers": list(tiers)})
+            + _records(con, _TIER_SQL, m | {"unrated": pack.unrated, "ineligible": sorted(pack.ineligible_reasons)})
+            + _records(con, _GRADE_CHANGE_SQL, m | {"prev": (month - 1).first_day, "unrated": pack.unrated,
+                                                    "tiers": list(pack.tiers)})
             + _channel_rows(con, month, channel_counts))
     return _frame(rows, _OUTPUTS_SCHEMA)
 
 
-def gate_outputs(con: duckdb.DuckDBPyConnection, month: Month, tiers: list[str], unrated: str,
+def gate_outputs(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
                  channel_counts: Mapping[str, ChannelCount] | None = None,
                  results_dir: Path | None = None) -> GateResult:
-    """Gate 3 after grading M: exactly one tier row per subscriber of S(M), tiers within `tiers` (the pack's,
-    lowest first), `unrated` exactly when the reason is INELIGIBLE_*, mart.grade_change of M equal to the changes
-    recomputed from the tiers of M and M-1, and channel file counts equal grade_change counts.
+    """Gate 3 after grading M with `pack`: exactly one tier row per subscriber of S(M), tiers within the pack's,
+    the pack's unrated tier exactly when the reason is one of its eligibility reasons, mart.grade_change of M
+    equal to the changes recomputed from the tiers of M and M-1, and channel file counts equal grade_change
+    counts.
 
     channel_counts: {channel: records_written} compares with all grade_change rows of M;
     {channel: (records_written, change_types)} with the rows of those change types only (a channel configured
     for some changes). Count grade-change records only (not, e.g., points-expiry notices). None: not checked.
     """
-    frame = outputs_frame(con, month, tiers, unrated, channel_counts)
-    return run_suite("outputs", frame, {"tiers": list(tiers)}, results_dir)
+    frame = outputs_frame(con, month, pack, channel_counts)
+    return run_suite("outputs", frame, {"tiers": list(pack.tiers)}, results_dir)
 
 
 # --- gate 4: circuit breaker -----------------------------------------------------------------------------------
@@ -510,11 +300,12 @@ _BREAKER_SCHEMA = [("month", pa.string()), ("rated_base", pa.int64()), ("downgra
                    ("lost", pa.int64()), ("downgrade_lost_share", pa.float64())]
 
 
-def breaker_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.DataFrame:
-    """DOWNGRADE + LOST of M over the rated subscribers of M-1 (rated: reason not INELIGIBLE_*, which gate 3
-    holds equivalent to a tier other than the unrated one). Null share when M-1 has none (first graded month)."""
-    base = scalar(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ? "
-                       "AND NOT starts_with(reason, 'INELIGIBLE_')", [(month - 1).first_day])
+def breaker_frame(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack) -> pd.DataFrame:
+    """DOWNGRADE + LOST of M over the rated subscribers of M-1 (rated: a tier other than the pack's unrated one,
+    the only ones a DOWNGRADE or LOST can come from; gate 3 holds it equivalent to a reason outside the pack's
+    eligibility reasons). Null share when M-1 has none (first graded month)."""
+    base = scalar(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ? AND tier <> ?",
+                  [(month - 1).first_day, pack.unrated])
     downgrades, lost = first_row(con, """
         SELECT count(*) FILTER (WHERE change_type = 'DOWNGRADE'), count(*) FILTER (WHERE change_type = 'LOST')
         FROM mart.grade_change WHERE grade_month = ?""", [month.first_day])
@@ -524,15 +315,15 @@ def breaker_frame(con: duckdb.DuckDBPyConnection, month: Month) -> pd.DataFrame:
                     "downgrade_lost_share": share}], _BREAKER_SCHEMA)
 
 
-def gate_breaker(con: duckdb.DuckDBPyConnection, month: Month, accepted: bool = False,
+def gate_breaker(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, accepted: bool = False,
                  results_dir: Path | None = None) -> GateResult:
     """Gate 4: fails when DOWNGRADE + LOST of M exceed the suite's share of the rated base, unless `accepted`
     (the operator's explicit acceptance): then it passes with `accepted=True` and the failures kept."""
-    frame = breaker_frame(con, month)
+    frame = breaker_frame(con, month, pack)
     result = run_suite("circuit_breaker", frame, {}, results_dir)
     row = frame.iloc[0]
-    result.statistics["observed"] = {k: _plain(row[k]) for k in ("rated_base", "downgrades", "lost",
-                                                                  "downgrade_lost_share")}
+    result.statistics["observed"] = {k: plain(row[k]) for k in ("rated_base", "downgrades", "lost",
+                                                                 "downgrade_lost_share")}
     if not result.success and accepted:
         result.success, result.accepted = True, True
     return result
