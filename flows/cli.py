@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[home], help="delivered, pending, rejected, graded and stale")
 
+    serve = sub.add_parser("serve", parents=[home],
+                           help="run the nightly and monthly schedules on the Prefect server at PREFECT_API_URL")
+    serve.add_argument("--nightly-cron", default=None, help='cron of the nightly run (default "30 2 * * *")')
+    serve.add_argument("--monthly-cron", default=None, help='cron of the monthly run (default "0 4 5 * *")')
+    serve.add_argument("--timezone", default=None, help="timezone of both schedules (default Asia/Shanghai)")
+
     rules = sub.add_parser("rules", parents=[home], help="rule pack tools")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a pack; print its tiers, rules and metrics used")
@@ -190,8 +196,21 @@ def cmd_demo(args, home: Path) -> int:
     return cmd_status(args, home)
 
 
+def cmd_serve(args, home: Path) -> int:
+    from flows.serve import Schedules, serve
+    defaults = Schedules()
+    schedules = Schedules(args.nightly_cron or defaults.nightly_cron, args.monthly_cron or defaults.monthly_cron,
+                          args.timezone or defaults.timezone)
+    print(f"serving {home}: nightly `{schedules.nightly_cron}`, monthly `{schedules.monthly_cron}` "
+          f"({schedules.timezone}); Ctrl-C or SIGTERM stops after the run in progress", file=sys.stderr, flush=True)
+    serve(home, schedules, on_ready=lambda: print("serve: ready", file=sys.stderr, flush=True))
+    print("serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "nightly": cmd_nightly, "monthly": cmd_monthly,
-            "backfill": cmd_backfill, "status": cmd_status, "rules": cmd_rules, "simulate": cmd_simulate}
+            "backfill": cmd_backfill, "status": cmd_status, "rules": cmd_rules, "simulate": cmd_simulate,
+            "serve": cmd_serve}
 
 
 if __name__ == "__main__":

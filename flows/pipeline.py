@@ -1,33 +1,38 @@
-"""Prefect flows: nightly, monthly and backfill. Thin orchestration over transforms/.
+"""Prefect flows: nightly, monthly and backfill. Thin orchestration over transforms/ (the units of work are in
+transforms/runs/: nightly ingestion, the monthly run, what committed work still owes).
 
-Tasks receive the home directory (a path), never a DuckDB connection: each task opens the warehouse itself,
-so tasks can run in other processes and only one of them writes at a time.
+Every flow holds the home's writer lock for its whole run, and starts by recovering: runs that died are closed
+as INTERRUPTED in the ledger and everything committed work still owes (channel files, the analysts' copy) is
+delivered first. Tasks receive the home directory (a path), never a DuckDB connection: each task opens the
+warehouse itself, so tasks can run in other processes and only one of them writes at a time.
 """
 from __future__ import annotations
 
 import sys
-import time
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
-from transforms.runs.backfill import plan_backfill
+from flows.serve import DEFAULT_TIMEZONE, ignore_interrupts_when_served
 from transforms.core.calendar import Month, parse_day
-from transforms.ingest.landing import scan_landing
-from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, ingest_delivery, reconciliation_failures
-from transforms.runs.ledger import finish_run, quality_dir, start_run
 from transforms.deliver.channels import load_channels
-from transforms.deliver.outbox import write_outbox
-from transforms.deliver.render import render_nightly_lost
-from transforms.runs.month_state import MonthlyError, input_files, is_up_to_date, mark_delivered
-from transforms.runs.monthly import MonthlyOptions, run_monthly
-from transforms.runs.publish import publish
-from transforms.quality.gates import GateFailed
 from transforms.grade.packs import pack_for_month
 from transforms.grade.rulepack import PackError, RulePack
+from transforms.ingest.landing import scan_landing
+from transforms.ingest.layouts import parse_extract_name
+from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, reconciliation_failures
+from transforms.quality.gates import GateFailed
+from transforms.runs import nightly
+from transforms.runs.backfill import plan_backfill
+from transforms.runs.ledger import close_interrupted, failing_closes, finish_run, quality_dir, start_run
 from transforms.runs.lock import writer_lock
-from transforms.warehouse.db import connect
+from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
+from transforms.runs.monthly import MonthlyOptions, run_monthly
+from transforms.runs.owed import deliver_owed
+from transforms.warehouse.db import connect, snapshot_date_for
+
 
 class RunFailed(Exception):
     """A run stopped on purpose; the message is the one-line cause for the operator."""
@@ -45,39 +50,6 @@ def resolve_pack(rules: str | None, month: Month | None = None) -> RulePack:
         raise RunFailed(str(exc)) from None
 
 
-@task(name="ingest-deliveries")
-def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | None = None,
-                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict:
-    """Loads every delivered file (up to a day, or of one day) not loaded yet, in delivery order."""
-    scan = scan_landing(Path(home), up_to=only_day or up_to)
-    deliveries = [d for d in scan.delivered if only_day is None or d.day == only_day]
-    con = connect(Path(home))
-    try:
-        period = f"{(only_day or up_to or date.today()):%Y-%m-%d}"
-        run_id = start_run(con, "ingest", period)
-        started = time.monotonic()
-        results = [ingest_delivery(con, Path(home), d, run_id, max_quarantine_share, quality_dir(Path(home), run_id))
-                   for d in deliveries]
-        changed = [r for r in results if r.status != "UNCHANGED"]
-        for r in changed:
-            progress(f"  {r.line()}")
-        notices = _nightly_lost_notices(con, home, results)
-        problems = reconciliation_failures(con)
-        status = "FAILED" if problems else "SUCCESS"
-        finish_run(con, run_id, status, "; ".join(problems),
-                   input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status, "loaded": r.loaded,
-                                 "quarantined": r.quarantined} for r in changed],
-                   output_files=notices, checks={"reconciliation": "ok" if not problems else problems},
-                   timings={"seconds": round(time.monotonic() - started, 3)})
-        if problems:
-            raise RunFailed(f"reconciliation failed: {problems[0]}")
-        return {"loaded": sum(r.status == "LOADED" for r in results),
-                "rejected": [r.line() for r in results if r.status == "REJECTED"],
-                "pending": [str(p.dat_path) for p in scan.pending]}
-    finally:
-        con.close()
-
-
 def _pack_in_force(rules: str | None, month: Month) -> RulePack | None:
     """The pack version in force for a month, or None before the pack's first version."""
     try:
@@ -86,99 +58,217 @@ def _pack_in_force(rules: str | None, month: Month) -> RulePack | None:
         return None
 
 
-def _nightly_lost_notices(con, home: str, results) -> list[dict]:
-    """LOST notices for rated subscribers cancelled in (or gone from) a snapshot loaded by this run."""
-    snapshot_days = [r.day for r in results if r.status == "LOADED" and r.file_name.startswith("ACCT_")]
-    if not snapshot_days:
-        return []
-    channels = load_channels()
-    files = [f for day in snapshot_days
-             for f in render_nightly_lost(con, day, channels, resolve_pack(None, Month.of(day)).unrated)]
-    write_outbox(Path(home), files)
-    return [{"file": f.relpath, "records": f.records, "md5": f.md5} for f in files]
+# --- tasks -----------------------------------------------------------------------------------------------------
+
+@task(name="recover")
+def recover(home: str) -> dict:
+    """Closes runs that died as INTERRUPTED and delivers what committed work still owes."""
+    con = connect(Path(home))
+    try:
+        interrupted = close_interrupted(con)
+        for run_id in interrupted:
+            progress(f"  run {run_id} had been interrupted: closed as INTERRUPTED")
+        delivered = deliver_owed(con, Path(home))
+        if delivered["files"]:
+            progress(f"  delivered {len(delivered['files'])} owed channel file(s)")
+        return {"interrupted": interrupted, **delivered}
+    finally:
+        con.close()
+
+
+@task(name="deliver")
+def deliver(home: str) -> dict:
+    """Delivers what the run's commits owe: channel files, then the analysts' copy."""
+    con = connect(Path(home))
+    try:
+        return deliver_owed(con, Path(home))
+    finally:
+        con.close()
+
+
+@task(name="ingest-deliveries")
+def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | None = None,
+                      only_files: tuple[str, ...] = (),
+                      max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict:
+    """Loads every delivered file (up to a day, or of one day, or only the named files of that day) not loaded
+    yet, in delivery order."""
+    scan = scan_landing(Path(home), up_to=only_day or up_to)
+    deliveries = [d for d in scan.delivered if (only_day is None or d.day == only_day)
+                  and (not only_files or d.name.file_name in only_files)]
+    con = connect(Path(home))
+    try:
+        run_id = start_run(con, "ingest", f"{(only_day or up_to or date.today()):%Y-%m-%d}")
+        with failing_closes(con, run_id):
+            started = datetime.now()
+            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(), _unrated_on,
+                                     max_quarantine_share, quality_dir(Path(home), run_id))
+            changed = [r for r in results if r.status != "UNCHANGED"]
+            for r in changed:
+                progress(f"  {r.line()}")
+            problems = reconciliation_failures(con)
+            if problems:
+                raise RunFailed(f"reconciliation failed: {problems[0]}")
+            finish_run(con, run_id, "SUCCESS", "",
+                       input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status,
+                                     "loaded": r.loaded, "quarantined": r.quarantined} for r in changed],
+                       checks={"reconciliation": "ok"},
+                       timings={"seconds": round((datetime.now() - started).total_seconds(), 3)})
+        return {"loaded": sum(r.status == "LOADED" for r in results),
+                "bills": [r.file_name for r in results if r.status == "LOADED" and r.file_name.startswith("BILL_")],
+                "rejected": [r.line() for r in results if r.status == "REJECTED"],
+                "pending": [str(p.dat_path) for p in scan.pending]}
+    finally:
+        con.close()
+
+
+def _unrated_on(day: date) -> str:
+    return resolve_pack(None, Month.of(day)).unrated
 
 
 @task(name="monthly-grading")
 def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: bool = False,
                 accept_reason: str | None = None) -> str:
     """The monthly run of one month, validated before it commits, then its channel files; with only_if_stale,
-    skips a month already up to date. accept_reason: the operator accepts a tripped circuit breaker."""
+    skips a month already current. accept_reason: the operator accepts a tripped circuit breaker."""
     target = Month.parse(month)
     pack = resolve_pack(rules, target)
     con = connect(Path(home))
     try:
-        if only_if_stale and is_up_to_date(con, target, pack.version):
+        if only_if_stale and is_current(con, target, pack.version):
             return f"{target}: up to date"
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
+        accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
         options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
                                  accept_mass_change=accept_reason is not None,
                                  previous_pack=_pack_in_force(rules, target - 1))
-        accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
-        try:
-            result = run_monthly(con, target, pack, run_id, options)
-        except (MonthlyError, GateFailed) as exc:
-            gate = {"failed_gate": exc.result.as_dict()} if isinstance(exc, GateFailed) else {}
-            finish_run(con, run_id, "FAILED", str(exc), input_files=input_files(con, target),
-                       checks=gate | accepted)
-            raise RunFailed(str(exc)) from None
-        written = write_outbox(Path(home), result.files)
-        mark_delivered(con, target)
-        finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
-                   output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
-                   checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
-                           "points": result.points, "gates": result.checks} | accepted,
-                   timings=result.timings)
-        progress(f"  {len(written)} channel file(s) written")
+        with failing_closes(con, run_id, checks=accepted):
+            try:
+                result = run_monthly(con, target, pack, run_id, options)
+            except GateFailed as exc:
+                finish_run(con, run_id, "FAILED", str(exc), input_files=input_files(con, target),
+                           checks={"failed_gate": exc.result.as_dict()} | accepted)
+                raise RunFailed(str(exc)) from None
+            except MonthlyError as exc:
+                raise RunFailed(str(exc)) from None
+            delivered = deliver_owed(con, Path(home))
+            finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
+                       output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
+                       checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
+                               "points": result.points, "gates": result.checks} | accepted,
+                       timings=result.timings)
+        progress(f"  {len(delivered['files'])} channel file(s) written")
         return result.line()
     finally:
         con.close()
 
 
-@task(name="publish")
-def publish_copy(home: str) -> str:
-    """Replaces the analysts' read-only copy with the state just committed."""
+@task(name="gradable-months")
+def gradable_months(home: str, candidates: list[str], rules: str | None = None) -> list[str]:
+    """The candidate months that can be graded now and are not current: BILL and S(M) there, M-1 processed and
+    current (or M the first month); in order."""
     con = connect(Path(home))
     try:
-        return str(publish(con, Path(home)))
+        ready = []
+        for month in sorted(Month.parse(m) for m in candidates):
+            pack = _pack_in_force(rules, month)
+            if pack is None or is_current(con, month, pack.version):
+                continue
+            try:
+                require_bill(con, month)
+                previous = _pack_in_force(rules, month - 1) or pack
+                check_ordering(con, month, previous.version)
+            except MonthlyError as exc:
+                progress(f"  {month} not graded now: {exc}")
+                continue
+            if (snapshot := snapshot_date_for(con, month)) is None or snapshot < month.first_day:
+                progress(f"  {month} not graded now: no ACCT snapshot dated in it yet")
+                continue
+            ready.append(str(month))
+        return ready
     finally:
         con.close()
 
 
+# --- flows -----------------------------------------------------------------------------------------------------
+
+def _today(timezone: str) -> date:
+    """The day of a scheduled run in the schedule's timezone (a run triggered by hand: now)."""
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time or datetime.now(ZoneInfo(timezone))
+    return when.astimezone(ZoneInfo(timezone)).date()
+
+
 @flow(name="nightly")
-def nightly_flow(home: str, day: str) -> dict:
-    """Ingests everything delivered up to a day (redemptions and suspensions are loaded here; the monthly run
-    of their month applies them)."""
+def nightly_flow(home: str, day: str | None = None, timezone: str = DEFAULT_TIMEZONE) -> dict:
+    """Ingests everything delivered up to a day (default: the day of the scheduled run); redemptions and
+    suspensions are loaded here, the monthly run of their month applies them. A BILL_M loaded tonight grades M
+    when M can be graded, so a month is graded without a person."""
+    ignore_interrupts_when_served()
+    day = day or f"{_today(timezone):%Y-%m-%d}"
     with writer_lock(Path(home), f"nightly {day}"):
+        recover(home)
         summary = ingest_deliveries(home, up_to=parse_day(day))
-        publish_copy(home)
+        bill_months = [str(Month.parse(parse_extract_name(f).period)) for f in summary["bills"]]
+        summary["graded"] = [grade_month(home, m, only_if_stale=True)
+                             for m in gradable_months(home, bill_months)]
+        deliver(home)
+    for line in summary["graded"]:
+        progress(line)
     if summary["rejected"]:
         progress(f"{len(summary['rejected'])} file(s) rejected")
     return summary
 
 
 @flow(name="monthly")
-def monthly_flow(home: str, month: str, rules: str | None = None, accept_reason: str | None = None) -> str:
-    """Ingests pending deliveries, then grades the month (accept_reason: accept a tripped circuit breaker)."""
-    Month.parse(month)
-    with writer_lock(Path(home), f"monthly {month}"):
+def monthly_flow(home: str, month: str | None = None, rules: str | None = None, accept_reason: str | None = None,
+                 timezone: str = DEFAULT_TIMEZONE) -> str:
+    """Ingests pending deliveries, then grades the month (accept_reason: accept a tripped circuit breaker).
+    Without a month (the scheduled run): the month before the run's day, after catching up every earlier month
+    still open."""
+    ignore_interrupts_when_served()
+    target = Month.parse(month) if month else Month.of(_today(timezone)) - 1
+    with writer_lock(Path(home), f"monthly {target}"):
+        recover(home)
         ingest_deliveries(home)
-        line = grade_month(home, month, rules, accept_reason=accept_reason)
-        publish_copy(home)
-    progress(line)
-    return line
+        lines = [grade_month(home, m, rules, only_if_stale=True) for m in _open_months(home, target, rules)
+                 ] if month is None else []
+        lines.append(grade_month(home, str(target), rules, only_if_stale=month is None,
+                                 accept_reason=accept_reason))
+        deliver(home)
+    for line in lines:
+        progress(line)
+    return lines[-1]
+
+
+def _open_months(home: str, target: Month, rules: str | None) -> list[str]:
+    """Months before `target` with a BILL delivered that are processed but stale, or not processed while a
+    later one is: the catch-up of a scheduled monthly run."""
+    con = connect(Path(home), read_only=True)
+    try:
+        processed = [Month.of(m) for (m,) in con.execute("SELECT month FROM ops.month_state ORDER BY 1").fetchall()]
+        if not processed:
+            return []
+        months = [processed[0] + k for k in range(target - processed[0])]
+        return [str(m) for m in months
+                if (pack := _pack_in_force(rules, m)) is not None and not is_current(con, m, pack.version)]
+    finally:
+        con.close()
 
 
 @flow(name="backfill")
 def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry_run: bool = False) -> list[str]:
-    """Every nightly and monthly run of the range in date order; months already up to date are skipped, so
-    running it twice changes nothing."""
+    """Every nightly and monthly run of the range in date order, then the range's late deliveries and a regrade of
+    what they made stale; months already current are skipped, so running it twice changes nothing."""
+    ignore_interrupts_when_served()
     resolve_pack(rules)  # fail before doing anything if the pack is unusable
     steps = plan_backfill(scan_landing(Path(home)), Month.parse(start), Month.parse(end))
     if dry_run:
         return [str(s) for s in steps]
     with writer_lock(Path(home), f"backfill {start}..{end}"):
+        recover(home)
         lines = _run_steps(home, steps, rules)
-        publish_copy(home)
+        deliver(home)
     return lines
 
 
@@ -187,10 +277,11 @@ def _run_steps(home: str, steps: list, rules: str | None) -> list[str]:
     lines = []
     for n, step in enumerate(steps, 1):
         if step.kind == "ingest":
-            ingest_deliveries(home, only_day=step.day)
+            ingest_deliveries(home, only_day=step.day, only_files=step.files)
             continue
         # Every month up to this one, in order: a re-delivery ingested since may have made earlier ones stale.
-        for month in months[:months.index(step.month) + 1]:
+        upto = months if step.kind == "regrade" else months[:months.index(step.month) + 1]
+        for month in upto:
             line = grade_month(home, str(month), rules, only_if_stale=True)
             if month == step.month or not line.endswith("up to date"):
                 progress(f"[{n}/{len(steps)}] {line}")

@@ -6,16 +6,20 @@ from datetime import date
 
 from transforms.core.calendar import Month, month_range
 from transforms.ingest.landing import LandingScan
+from transforms.ingest.layouts import ExtractName
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str                 # "ingest" (one landing day) or "monthly"
+    kind: str                   # "ingest" (a landing day), "monthly" (one month) or "regrade" (every stale month)
     day: date | None = None
     month: Month | None = None
+    files: tuple[str, ...] = ()  # an ingest step of these files of the day only (empty: the whole day)
 
     def __str__(self) -> str:
-        return f"ingest {self.day:%Y-%m-%d}" if self.kind == "ingest" else f"monthly {self.month}"
+        if self.kind == "ingest":
+            return f"ingest {self.day:%Y-%m-%d}" + (f" ({', '.join(self.files)})" if self.files else "")
+        return f"monthly {self.month}" if self.kind == "monthly" else "regrade the stale months of the range"
 
 
 class BackfillError(Exception):
@@ -23,9 +27,12 @@ class BackfillError(Exception):
 
 
 def plan_backfill(scan: LandingScan, start: Month, end: Month) -> list[Step]:
-    """Every delivery day up to the day BILL_<end> arrived, each month's run right after the day its BILL
-    arrived (its first delivery: a later re-delivery is ingested on its own day and the month rerun at the end
-    if that changed it)."""
+    """Every delivery day up to the day BILL_<end> first arrived, each month's run right after the day its BILL
+    first arrived; then the files of the range's months delivered later (re-deliveries, late files), wherever
+    their day folder is, in date order, and a regrade of the months they made stale.
+
+    A month's cut-off is therefore what was delivered by the day it is graded: in a backfill, the delivery day of
+    its BILL, or, for a month regraded at the end, the last of those later days."""
     bill_days: dict[Month, date] = {}
     for d in scan.delivered:
         if d.name.kind == "BILL":
@@ -42,4 +49,14 @@ def plan_backfill(scan: LandingScan, start: Month, end: Month) -> list[Step]:
         steps.append(Step("ingest", day=day))
         while pending and bill_days[pending[0]] <= day:
             steps.append(Step("monthly", month=pending.pop(0)))
-    return steps
+    later: dict[date, list[str]] = {}
+    for d in scan.delivered:
+        if d.day > last_day and start <= period_month(d.name) <= end:
+            later.setdefault(d.day, []).append(d.name.file_name)
+    steps += [Step("ingest", day=day, files=tuple(later[day])) for day in sorted(later)]
+    return steps + [Step("regrade")] * bool(later)
+
+
+def period_month(name: ExtractName) -> Month:
+    """The month a delivered file is about: BILL_M's month, the month of a dated file's day."""
+    return Month.parse(name.period[:6])

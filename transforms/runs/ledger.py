@@ -11,6 +11,8 @@ from pathlib import Path
 
 import duckdb
 
+from transforms.warehouse.db import scalar
+
 
 def quality_dir(home: Path, run_id: str) -> Path:
     """Where a run keeps Great Expectations' validation results."""
@@ -48,7 +50,8 @@ def failing_closes(con: duckdb.DuckDBPyConnection, run_id: str, **details):
     try:
         yield
     except BaseException as exc:
-        finish_run(con, run_id, "FAILED", first_line(exc), **details)
+        if scalar(con, "SELECT status FROM ops.run_ledger WHERE run_id = ?", [run_id]) == "RUNNING":
+            finish_run(con, run_id, "FAILED", first_line(exc), **details)  # else it was closed with more detail
         raise
 
 
