@@ -66,31 +66,12 @@ def july(graded):
     return home, con, {f.channel: f for f in files}
 
 
-def _populated(con, sql: str) -> bool:
-    """Entitlements and tags are filled by the grading run; while it leaves them empty the files carry none."""
-    return con.execute(sql, [JUL.first_day]).fetchall()[0][0] > 0
-
-
-def expected_entitlements(con) -> dict[str, str]:
-    if _populated(con, "SELECT count(*) FROM mart.grade_change WHERE grade_month = ? "
-                       "AND len(entitlements_gained) + len(entitlements_lost) > 0"):
-        return ENTITLEMENTS
-    return {s: "" for s in ENTITLEMENTS}
-
-
-def expected_tags(con) -> dict[str, str]:
-    if _populated(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ? AND len(tags) > 0"):
-        return TAGS
-    return {s: "" for s in TAGS}
-
-
 def test_boss_file_lines_and_control_file(july):
-    home, con, _ = july
+    home, _, _ = july
     dat = home / "outbox" / "boss" / "202607" / "GRADE_CHG_202607.dat"
-    ent = expected_entitlements(con)
     # effective date: the first day of M+1 = 20260801; G's msisdn comes from its last known version
     assert dat.read_bytes().decode("gbk").split("\n") == [
-        f"{s}|{MSISDN}|{f}|{t}|{c}|20260801|{ent[s]}" for s, f, t, c in CHANGES] + [""]
+        f"{s}|{MSISDN}|{f}|{t}|{c}|20260801|{ENTITLEMENTS[s]}" for s, f, t, c in CHANGES] + [""]
     control = read_control(dat.with_suffix(".chk"))
     assert (control.file_name, control.record_count, control.encoding) == ("GRADE_CHG_202607.dat", 5, "GBK")
     verify_control(dat, control)  # size and MD5 agree with the file
@@ -108,11 +89,10 @@ def test_sms_notices_templates_and_parameters(july):
 
 
 def test_crm_csv_has_header_rows_and_no_msisdn(july):
-    home, con, _ = july
+    home, _, _ = july
     text = (home / "outbox" / "crm" / "202607" / "grade_changes.csv").read_bytes().decode("utf-8")
-    tags = expected_tags(con)
     assert text.split("\n") == ["subs_id,from_tier,to_tier,change_type,region_code,manager_id,tags"] + [
-        f"{s},{f},{t},{c},4110,,{tags[s]}" for s, f, t, c in CHANGES] + [""]  # region 4110, no manager
+        f"{s},{f},{t},{c},4110,,{TAGS[s]}" for s, f, t, c in CHANGES] + [""]  # region 4110, no manager
     assert MSISDN not in text
 
 
