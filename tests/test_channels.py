@@ -9,15 +9,16 @@ import stat
 from datetime import date
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from tests.builders import Sub, deliver
 from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
 from transforms.core.resources import channels_config
-from transforms.deliver.channels import ChannelConfigError, ChannelError, load_channels
+from transforms.deliver.channels import CHANGES as CHANGE_FEED, POINTS, ChannelConfigError, ChannelError, by_feed, load_channels
 from transforms.deliver.outbox import write_outbox
-from transforms.deliver.render import (OutFile, count_mismatches, render_month, render_nightly_lost,
-                                       render_points_expiry)
+from transforms.deliver.render import OutFile
+from transforms.deliver.sets import month_sets, nightly_sets, record_sets, told_counts
 from transforms.warehouse.inputs import points_expiring
 from transforms.ingest.control import read_control, verify_control
 from transforms.ingest.landing import scan_landing
@@ -27,6 +28,14 @@ from transforms.grade.points import expiring_next_month
 from transforms.warehouse.db import connect
 
 CHANNELS = load_channels()
+NO_EXPIRY = pl.DataFrame(schema={"subs_id": pl.String, "points": pl.Int64})
+
+
+def first_files(con, channels=CHANNELS) -> list[OutFile]:
+    """The first set of July's change channels, recorded as told."""
+    sets = month_sets(con, JUL, by_feed(channels, CHANGE_FEED), True, NO_EXPIRY)
+    record_sets(con, sets)
+    return [s.out for s in sets]
 MSISDN = "13800000000"  # tests.builders.Sub: "138" + the digits of the subs_id (none here), padded to 8
 
 # Entitlement changes of July by the six-star table (nobody is GROUP_KEY, so tiers alone decide): gained (+)
@@ -61,7 +70,7 @@ def graded(tmp_path_factory):
 @pytest.fixture(scope="module")
 def july(graded):
     home, con = graded
-    files = render_month(con, JUL, CHANNELS)
+    files = first_files(con)
     write_outbox(home, files)
     return home, con, {f.channel: f for f in files}
 
@@ -99,10 +108,8 @@ def test_crm_csv_has_header_rows_and_no_msisdn(july):
 def test_counts_equal_grade_change_counts(july):
     _, con, files = july
     assert {name: f.records for name, f in files.items()} == {"boss": 5, "sms": 5, "crm": 5}
-    assert count_mismatches(con, JUL, CHANNELS, list(files.values())) == []
-    short = OutFile("boss", files["boss"].relpath, b"B|x\n", 1)
-    assert count_mismatches(con, JUL, CHANNELS, [short, files["sms"], files["crm"]]) == [
-        "boss/202607/GRADE_CHG_202607.dat: 1 records in 1 lines, grade_change has 5 (NEW, UPGRADE, DOWNGRADE, LOST)"]
+    changes = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
+    assert told_counts(con, JUL, CHANNELS) == {"boss": (5, changes), "sms": (5, changes), "crm": (5, changes)}
 
 
 def test_channel_carries_only_its_change_types(graded, tmp_path):
@@ -111,7 +118,10 @@ def test_channel_carries_only_its_change_types(graded, tmp_path):
     config.write_text(channels_config().read_text(encoding="utf-8").replace(
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [UPGRADE]"), encoding="utf-8")
-    crm = [f for f in render_month(con, JUL, load_channels(config)) if f.channel == "crm"][0]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
+    crm = [s.out for s in month_sets(con, JUL, load_channels(config), True, NO_EXPIRY) if s.channel == "crm"][0]
+    con.execute("ROLLBACK")
     assert [line.split(",")[0] for line in crm.payload.decode().splitlines()[1:]] == ["B", "S"]
     assert crm.records == 2
 
@@ -122,9 +132,8 @@ def test_rerun_gives_byte_identical_files_left_in_place(july):
     paths.append(home / "outbox" / files["boss"].control_relpath)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
     run_monthly(con, JUL, PACK, "rerun", ACCEPT)
-    again = render_month(con, JUL, CHANNELS)
-    assert [f.payload for f in again] == [files[f.channel].payload for f in again]
-    write_outbox(home, again)
+    assert month_sets(con, JUL, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY) == []  # nothing new to send
+    write_outbox(home, list(files.values()))  # the same bytes again: left in place
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
 
 
@@ -136,36 +145,39 @@ def test_outbox_is_not_world_readable(july):
         assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
 
 
-def test_changed_file_replaces_old_one_atomically(tmp_path):
+def test_a_sent_file_is_never_rewritten_with_other_content(tmp_path):
     old = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
     write_outbox(tmp_path, [old])
     folder = tmp_path / "outbox" / "boss" / "202607"
     (folder / ".X_202607.dat.999.tmp").write_bytes(b"half written by a killed run")
+    assert write_outbox(tmp_path, [old]) == [folder / "X_202607.dat", folder / "X_202607.chk"]  # same bytes: fine
     new = OutFile("boss", old.relpath, b"A|2\nB|3\n", 2, b"X_202607.dat|2|8|md5-new|GBK\n")
-    assert write_outbox(tmp_path, [new]) == [folder / "X_202607.dat", folder / "X_202607.chk"]
-    assert (folder / "X_202607.dat").read_bytes() == b"A|2\nB|3\n"
-    assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|2|8|md5-new|GBK\n"
-    assert sorted(p.name for p in folder.iterdir()) == ["X_202607.chk", "X_202607.dat"]  # no temp files
-
-
-def test_crash_between_renames_never_pairs_new_data_with_old_control_file(tmp_path, monkeypatch):
-    old = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
-    write_outbox(tmp_path, [old])
-    folder = tmp_path / "outbox" / "boss" / "202607"
-
-    def killed(*_):
-        raise OSError("killed")
-    monkeypatch.setattr("transforms.deliver.outbox.os.replace", killed)
-    new = OutFile("boss", old.relpath, b"A|2\n", 1, b"X_202607.dat|1|4|md5-new|GBK\n")
-    with pytest.raises(OSError, match="killed"):
+    with pytest.raises(ChannelError, match="already sent with other content: refusing to overwrite"):
         write_outbox(tmp_path, [new])
-    # the old data is intact and its control file is gone: the receiver waits instead of loading a mismatch
+    assert (folder / "X_202607.dat").read_bytes() == b"A|1\n"
+    assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|1|4|md5-old|GBK\n"
+
+
+def test_crash_between_renames_leaves_the_data_file_without_its_control_file(tmp_path, monkeypatch):
+    out = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5|GBK\n")
+    folder = tmp_path / "outbox" / "boss" / "202607"
+    renames = []
+
+    def killed_at_the_second(src, dst):
+        if renames:
+            raise OSError("killed")
+        renames.append(dst)
+        return real_replace(src, dst)
+    real_replace = __import__("os").replace
+    monkeypatch.setattr("transforms.deliver.outbox.os.replace", killed_at_the_second)
+    with pytest.raises(OSError, match="killed"):
+        write_outbox(tmp_path, [out])
+    # the data is there, its control file is not: the receiver waits (a .dat counts once its .chk exists)
     assert (folder / "X_202607.dat").read_bytes() == b"A|1\n"
     assert not (folder / "X_202607.chk").exists()
     monkeypatch.undo()
-    write_outbox(tmp_path, [new])  # the next run completes without cleanup
+    write_outbox(tmp_path, [out])  # the next run completes without cleanup
     assert sorted(p.name for p in folder.iterdir()) == ["X_202607.chk", "X_202607.dat"]
-    assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|1|4|md5-new|GBK\n"
 
 
 def test_write_refuses_paths_out_of_the_outbox(tmp_path):
@@ -199,7 +211,7 @@ def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_v
                 "(DATE '2026-07-01', 'Y', 'STAR3', 'UNRATED', 'LOST', 'ABSENT_FROM_SNAPSHOT', [], "
                 "['NIGHT_NO_SUSPEND', 'DELAYED_SUSPEND']), "
                 "(DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', 'AVG6', ['POINTS_GIFTS'], [])")
-    files = {f.channel: f for f in render_month(con, JUL, CHANNELS)}
+    files = {f.channel: f for f in first_files(con)}
     assert files["boss"].payload.decode("gbk").splitlines() == [
         "X|13900000002|STAR1|STAR2|UPGRADE|20260801|+POINTS_GIFTS",  # the version valid on 2026-07-31
         "Y|13900000005|STAR3|UNRATED|LOST|20260801|-DELAYED_SUSPEND;-NIGHT_NO_SUSPEND"]  # last known, sorted
@@ -219,7 +231,7 @@ def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path):
                 "'AVG6', [], [])")
     with pytest.raises(ChannelError, match=r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, "
                                            r"e.g. subs_id X$"):
-        render_month(con, JUL, CHANNELS)
+        first_files(con)
     con.close()
 
 
@@ -256,7 +268,7 @@ def test_points_expiry_notice_by_hand(tmp_path):
           ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month <= DATE '2026-07-01'
         GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""").pl()
     assert expiring.equals(expiring_next_month(JUL, open_lots, 36))  # agrees with the points module
-    [notice] = render_points_expiry(con, JUL, CHANNELS, expiring)
+    [notice] = [s.out for s in month_sets(con, JUL, by_feed(CHANNELS, POINTS), False, expiring)]
     assert notice.relpath == "sms/202607/points_expiry.jsonl"
     # P3 cancelled, P4 not in S(M): no SMS; expiry date = last day of 2026-08
     assert notice.payload.decode().splitlines() == [
@@ -292,8 +304,12 @@ def _config_with(tmp_path: Path, old: str, new: str) -> Path:
      r"\(boss\)\.fields: cust_name is personal data"),
     ("fields: [subs_id, msisdn, from_tier", "fields: [subs_id, balance, from_tier",
      r"\(boss\)\.fields: unknown field 'balance'"),
-    ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST}",
-     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN}", r"\(sms\)\.templates is missing 'LOST'"),
+    ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST, REVERSAL: TIER_CORRECTED}",
+     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, REVERSAL: TIER_CORRECTED}",
+     r"\(sms\)\.templates is missing 'LOST'"),
+    ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST, REVERSAL: TIER_CORRECTED}",
+     "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST}",
+     r"\(sms\)\.templates is missing 'REVERSAL'"),
     ("changes: [NEW, UPGRADE, DOWNGRADE, LOST]\n    fields: [subs_id, msisdn",
      "changes: [NEW, PROMOTED]\n    fields: [subs_id, msisdn", r"\(boss\)\.changes: unknown change type 'PROMOTED'"),
     ("format: pipe_gbk_with_chk", "format: xml",
@@ -325,12 +341,12 @@ channels:
     fields:
       - msisdn
       - template
-    templates: {NEW: TIER_NEW, UPGRADE: TIER_UP}
+    templates: {NEW: TIER_NEW, UPGRADE: TIER_UP, REVERSAL: TIER_CORRECTED}
 """
 
 
 @pytest.mark.parametrize("old, new, expected", [
-    ("TIER_UP}", "tier_up}", "16: channels[1] (sms).templates.UPGRADE: 'tier_up' is not a template name"),
+    ("TIER_UP,", "tier_up,", "16: channels[1] (sms).templates.UPGRADE: 'tier_up' is not a template name"),
     ("      - template\n", "      - template\n      - cert_no\n",
      "16: channels[1] (sms).fields: cert_no is personal data"),  # the line of the list entry
     ("  - name: sms\n", "  - name: sms\n    colour: red\n", "9: unknown key 'colour' in channels[1] (expected name,"),
@@ -362,15 +378,19 @@ def test_configuration_is_data_not_code(tmp_path):
 
 def test_nightly_lost_notice_for_vanished_rated_subscriber_on_the_month_end_snapshot(graded):
     _, con = graded
-    # G (STAR1 from the June grading, in effect in July) vanishes from ACCT_20260731
-    [lost] = render_nightly_lost(con, date(2026, 7, 31), CHANNELS, PACK.unrated)
+    # G (STAR1 from the June grading, in effect in July) vanishes from ACCT_20260731; the night of 07-31 comes
+    # before July's monthly run, whose files (sent in this module) would already tell the SMS gateway.
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM ops.sent_record")
+    [lost] = [s.out for s in nightly_sets(con, date(2026, 7, 31), CHANNELS, PACK.unrated)]
+    con.execute("ROLLBACK")
     assert lost.relpath == "sms/daily/20260731/lost.jsonl"
     assert lost.payload.decode().splitlines() == [
         '{"msisdn":"13800000000","template":"TIER_LOST","parameters":'
         '{"from_tier":"STAR1","to_tier":"UNRATED","effective_date":"20260731"}}']
     # L was cancelled in ACCT_20260630, before any tier was in effect (the June tiers start 2026-07-01)
-    assert render_nightly_lost(con, date(2026, 6, 30), CHANNELS, PACK.unrated)[0].records == 0
-    assert render_nightly_lost(con, date(2026, 7, 15), CHANNELS, PACK.unrated) == []  # no snapshot that day
+    assert [s.out.records for s in nightly_sets(con, date(2026, 6, 30), CHANNELS, PACK.unrated)] == [0]
+    assert nightly_sets(con, date(2026, 7, 15), CHANNELS, PACK.unrated) == []  # no snapshot that day
 
 
 def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(graded):
@@ -386,7 +406,8 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
     deliver(home, "20260810", "ACCT_20260810.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260810.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    files = render_nightly_lost(con, date(2026, 8, 10), CHANNELS, PACK.unrated)
+    sets = nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated)
+    files = [s.out for s in sets]
     # In effect on 2026-08-10: the July tiers. A STAR5 (cancelled: its number of that day), B STAR5 (vanished:
     # its last known number); H was UNRATED (IOT).
     assert [json.loads(line) for line in files[0].payload.decode().splitlines()] == [
@@ -395,10 +416,10 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
         {"msisdn": MSISDN, "template": "TIER_LOST",
          "parameters": {"from_tier": "STAR5", "to_tier": "UNRATED", "effective_date": "20260810"}}]
     write_outbox(home, files)
-    written = (home / "outbox" / "sms" / "daily" / "20260810" / "lost.jsonl").read_bytes()
-    assert render_nightly_lost(con, date(2026, 8, 10), CHANNELS, PACK.unrated)[0].payload == written  # rerun: same bytes
+    record_sets(con, sets)
+    assert nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated) == []  # rerun: nothing new to send
     # the next snapshot still shows A cancelled and B gone: they were told once, on 2026-08-10
     deliver(home, "20260811", "ACCT_20260811.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260811.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    assert render_nightly_lost(con, date(2026, 8, 11), CHANNELS, PACK.unrated)[0].records == 0
+    assert [s.out.records for s in nightly_sets(con, date(2026, 8, 11), CHANNELS, PACK.unrated)] == [0]

@@ -121,9 +121,9 @@ def _sent(con, channel: str, month: Month) -> pl.DataFrame:
 
 
 def _free_relpath(con, relpath: str) -> str:
-    """The first of relpath, relpath_02, ... not yet written nor owed."""
-    taken = {r[0] for r in con.execute("SELECT relpath FROM ops.outbox_file UNION SELECT target FROM ops.owed "
-                                       "WHERE effect = 'OUTBOX'").fetchall()}
+    """The first of relpath, relpath_02, ... not yet written, owed or told."""
+    taken = {r[0] for r in con.execute("SELECT relpath FROM ops.outbox_file UNION SELECT relpath FROM ops.sent_record "
+                                       "UNION SELECT target FROM ops.owed WHERE effect = 'OUTBOX'").fetchall()}
     set_no = 1
     while numbered(relpath, set_no) in taken:
         set_no += 1
