@@ -188,7 +188,7 @@ def grade(pack: RulePack, subscribers: list[Subscriber]) -> dict[str, dict]:
     for row in graded.iter_rows(named=True):
         # not a case's choice: the engine marks ineligible exactly the subscribers an eligibility check excluded
         assert row["eligible"] == (row["reason"] not in ineligible), row
-        result[row["subs_id"]] = {**{k: row[k] for k in EXPECT_KEYS[:4]},
+        result[row["subs_id"]] = {**{k: row[k] for k in ("tier", "reason", "computed_tier", "protected")},
                                   "tags": sorted(row["tags"]), "entitlements": sorted(row["entitlements"])}
     return result
 
