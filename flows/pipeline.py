@@ -31,7 +31,7 @@ from transforms.runs.lock import writer_lock
 from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
 from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.runs.owed import deliver_owed
-from transforms.warehouse.db import connect, snapshot_date_for
+from transforms.warehouse.db import connect, scalar, snapshot_date_for
 
 
 class RunFailed(Exception):
@@ -164,14 +164,16 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
 
 @task(name="gradable-months")
 def gradable_months(home: str, candidates: list[str], rules: str | None = None) -> list[str]:
-    """The candidate months that can be graded now and are not current: BILL and S(M) there, M-1 processed and
-    current (or M the first month); in order."""
+    """The candidate months never processed that can be graded now: BILL and S(M) there, M-1 processed and
+    current (or M the first month); in order. A month processed before whose BILL came again is stale: status
+    names the backfill, nothing regrades it silently."""
     con = connect(Path(home))
     try:
         ready = []
         for month in sorted(Month.parse(m) for m in candidates):
             pack = _pack_in_force(rules, month)
-            if pack is None or is_current(con, month, pack.version):
+            if pack is None or scalar(con, "SELECT count(*) FROM ops.month_state WHERE month = ?",
+                                      [month.first_day]):
                 continue
             try:
                 require_bill(con, month)

@@ -206,11 +206,11 @@ def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_v
     _version(con, "Y", "13900000004", valid_to=date(2026, 5, 31))
     _version(con, "Y", "13900000005", valid_from=date(2026, 5, 31), valid_to=date(2026, 6, 30))  # gone 06-30
     con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', 'X', 'STAR2', 'AVG6', 'STAR2', "
-                "FALSE, 18000, 78, 0, 0, ['ROAMER', 'ARREARS'], 'v1', '4110')")
+                "FALSE, 18000, 78, 0, 0, ['ROAMER', 'ARREARS'], 'v1', '4110', NULL, NULL, NULL)")
     con.execute("INSERT INTO mart.grade_change VALUES "
                 "(DATE '2026-07-01', 'Y', 'STAR3', 'UNRATED', 'LOST', 'ABSENT_FROM_SNAPSHOT', [], "
-                "['NIGHT_NO_SUSPEND', 'DELAYED_SUSPEND']), "
-                "(DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', 'AVG6', ['POINTS_GIFTS'], [])")
+                "['NIGHT_NO_SUSPEND', 'DELAYED_SUSPEND'], '4110', 'MGR7'), "
+                "(DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', 'AVG6', ['POINTS_GIFTS'], [], '4110', 'MGR7')")
     files = {f.channel: f for f in first_files(con)}
     assert files["boss"].payload.decode("gbk").splitlines() == [
         "X|13900000002|STAR1|STAR2|UPGRADE|20260801|+POINTS_GIFTS",  # the version valid on 2026-07-31
@@ -226,9 +226,9 @@ def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path):
     con.execute("INSERT INTO ops.snapshot VALUES (DATE '2026-07-31', 'ACCT_20260731.dat', 1)")
     _version(con, "X", "139|0000001")
     con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', 'X', 'STAR2', 'AVG6', 'STAR2', "
-                "FALSE, 18000, 78, 0, 0, [], 'v1', '4110')")
+                "FALSE, 18000, 78, 0, 0, [], 'v1', '4110', NULL, NULL, NULL)")
     con.execute("INSERT INTO mart.grade_change VALUES (DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', "
-                "'AVG6', [], [])")
+                "'AVG6', [], [], '4110', NULL)")
     with pytest.raises(ChannelError, match=r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, "
                                            r"e.g. subs_id X$"):
         first_files(con)

@@ -204,7 +204,7 @@ def test_missing_duplicated_and_foreign_tier_rows_fail(con):
                  "WHERE grade_month = '2026-07-01' AND subs_id = 'A'",
                  "DELETE FROM mart.tier_assignment WHERE grade_month = '2026-07-01' AND subs_id = 'C'",
                  "INSERT INTO mart.tier_assignment SELECT grade_month, 'ZZ', tier, reason, computed_tier, protected, "
-                 "sum6_fen, tenure_months, prior_year_points, susp12, tags, rules_version, region_code "
+                 "sum6_fen, tenure_months, prior_year_points, susp12, tags, rules_version, region_code, NULL, NULL, NULL "
                  "FROM mart.tier_assignment WHERE grade_month = '2026-07-01' AND subs_id = 'R'"):
         lines = failed_lines(gate_outputs(con, JUL, PACK))
     # 14 subscribers of S(M) + ZZ: 12 with one row, A twice, C none, ZZ not in S(M)
@@ -219,7 +219,7 @@ def test_grade_change_rows_deleted_altered_or_invented_fail(con):
     with altered(con,
                  "UPDATE mart.grade_change SET to_tier = 'STAR2' WHERE grade_month = '2026-07-01' AND subs_id = 'D'",
                  "INSERT INTO mart.grade_change "
-                 "VALUES ('2026-07-01', 'A', 'STAR5', 'STAR5', 'UPGRADE', 'AVG6', [], [])"):
+                 "VALUES ('2026-07-01', 'A', 'STAR5', 'STAR5', 'UPGRADE', 'AVG6', [], [], '4110', NULL)"):
         assert failed_lines(gate_outputs(con, JUL, PACK)) == [
             "expect_column_values_to_be_in_set(grade_change): 2 of 6 unexpected, "
             "e.g. ['UNEXPECTED_ROW', 'WRONG_TO_TIER']"]
@@ -262,7 +262,8 @@ def test_mass_downgrade_is_blocked_unless_accepted(con, tmp_path):
 def test_breaker_share_boundary(con, extra_rated, passes):
     # 2 changes over 11 + 29 = 40 rated is exactly 5% (passes: only above fails); over 39 it is 5.13%.
     with altered(con, f"""INSERT INTO mart.tier_assignment
-                          SELECT '2026-06-01', 'X' || i, 'STAR1', 'AVG6', 'STAR1', false, 0, 80, 0, 0, [], 'v', '4110'
+                          SELECT '2026-06-01', 'X' || i, 'STAR1', 'AVG6', 'STAR1', false, 0, 80, 0, 0, [], 'v', '4110',
+                                 NULL, NULL, NULL
                           FROM range({extra_rated}) t(i)"""):
         result = gate_breaker(con, JUL, PACK, accepted=False)
     assert result.success is passes, result.message()

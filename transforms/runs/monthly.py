@@ -36,8 +36,8 @@ from transforms.runs.month_state import (MonthlyError, check_ordering, record_mo
 from transforms.warehouse import inputs
 from transforms.warehouse.db import snapshot_date_for, transaction
 from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebuild_tier_history, write_grade_change,
-                                        write_points, write_subscriber_month, write_tier_assignment,
-                                        write_tier_summary)
+                                        write_points, write_points_expiring, write_subscriber_month,
+                                        write_tier_assignment, write_tier_summary)
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
                                           options.results_dir).raise_if_failed().as_dict()]
         with steps("points"):
             points = _points(con, month, pack)
+            expiring = inputs.points_expiring(con, month, pack.points.expiry_months)
+            write_points_expiring(con, month, expiring)
         if gradable:
             with steps("grade"):
                 result = _grade(con, month, pack, previous_pack, snapshot)
@@ -92,8 +94,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
-            sets = month_sets(con, month, list(options.channels), gradable,
-                              inputs.points_expiring(con, month, pack.points.expiry_months))
+            sets = month_sets(con, month, list(options.channels), gradable, expiring)
             record_sets(con, sets)
         if gradable:
             with steps("gate_outputs"):
@@ -138,8 +139,9 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
                                    inputs.active_overrides(con, month), inputs.tier_spells(con, month),
                                    inputs.assignment_of(con, month - 1))
     graded = grade(pack, grading_inputs, previous_pack)
-    write_tier_assignment(con, month, pack.version, grading_inputs.metrics, graded.assignment)
-    write_grade_change(con, month, graded.changes)
+    write_tier_assignment(con, month, pack.version, grading_inputs.metrics, graded.assignment,
+                          grading_inputs.overrides)
+    write_grade_change(con, month, snapshot, graded.changes)
     rebuild_tier_history(con, month)
     rebuild_tier_current(con)
     write_tier_summary(con, month)

@@ -18,6 +18,11 @@ PUBLISHED_DIR = "published"
 PUBLISHED_FILE = "warehouse.duckdb"
 # ops.quarantine is left out: its raw_text can hold personal data from ACCT lines.
 PUBLISHED_OPS = ("delivery", "run_ledger", "month_state")
+# What analysts see of the quarantine: counts by file, day, reason and run month, never the raw text.
+QUARANTINE_SUMMARY = """
+    SELECT file_name, day, coalesce(period, CAST(date_trunc('month', day) AS DATE)) AS month, reason,
+           line_no IS NULL AS whole_file, count(*) AS records
+    FROM ops.quarantine GROUP BY ALL ORDER BY ALL"""
 
 
 def published_path(home: Path) -> Path:
@@ -39,6 +44,7 @@ def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
             con.execute(f'CREATE TABLE pub.mart."{table}" AS SELECT * FROM mart."{table}"')
         for table in PUBLISHED_OPS:
             con.execute(f'CREATE TABLE pub.ops."{table}" AS SELECT * FROM ops."{table}"')
+        con.execute(f"CREATE TABLE pub.ops.quarantine_summary AS {QUARANTINE_SUMMARY}")
     finally:
         con.execute("DETACH pub")
     os.chmod(tmp, FILE_MODE)

@@ -82,13 +82,15 @@ CREATE TABLE IF NOT EXISTS mart.subscriber_month (
 );
 CREATE TABLE IF NOT EXISTS mart.points_balance (
     month DATE NOT NULL, subs_id VARCHAR NOT NULL, earned BIGINT NOT NULL, redeemed BIGINT NOT NULL,
-    expired BIGINT NOT NULL, balance BIGINT NOT NULL, prior_year_points BIGINT NOT NULL
+    expired BIGINT NOT NULL, balance BIGINT NOT NULL, prior_year_points BIGINT NOT NULL,
+    expiring_next_month BIGINT NOT NULL DEFAULT 0  -- of the balance: what expires at the end of M+1
 );
 CREATE TABLE IF NOT EXISTS mart.tier_assignment (
     grade_month DATE NOT NULL, subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL, reason VARCHAR NOT NULL,
     computed_tier VARCHAR NOT NULL, protected BOOLEAN NOT NULL, sum6_fen BIGINT NOT NULL,
     tenure_months INTEGER NOT NULL, prior_year_points BIGINT NOT NULL, susp12 INTEGER NOT NULL,
-    tags VARCHAR[] NOT NULL, rules_version VARCHAR NOT NULL, region_code VARCHAR
+    tags VARCHAR[] NOT NULL, rules_version VARCHAR NOT NULL, region_code VARCHAR,
+    override_id VARCHAR, override_reason VARCHAR, override_approved_by VARCHAR  -- behind a tier of reason OVERRIDE
 );
 CREATE TABLE IF NOT EXISTS mart.tier_current (
     subs_id VARCHAR NOT NULL, tier VARCHAR NOT NULL, grade_month DATE NOT NULL, since_month DATE NOT NULL
@@ -101,7 +103,8 @@ CREATE TABLE IF NOT EXISTS mart.tier_history (
 CREATE TABLE IF NOT EXISTS mart.grade_change (
     grade_month DATE NOT NULL, subs_id VARCHAR NOT NULL, from_tier VARCHAR NOT NULL, to_tier VARCHAR NOT NULL,
     change_type VARCHAR NOT NULL, reason VARCHAR NOT NULL,
-    entitlements_gained VARCHAR[] NOT NULL, entitlements_lost VARCHAR[] NOT NULL
+    entitlements_gained VARCHAR[] NOT NULL, entitlements_lost VARCHAR[] NOT NULL,
+    region_code VARCHAR, manager_id VARCHAR  -- the subscriber's owner in S(M), or when last seen
 );
 CREATE TABLE IF NOT EXISTS mart.tier_summary (
     grade_month DATE NOT NULL, region_code VARCHAR NOT NULL, tier VARCHAR NOT NULL,

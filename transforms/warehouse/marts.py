@@ -13,6 +13,7 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
+from transforms.grade.engine import OVERRIDE_REASON
 from transforms.grade.points import PointsMonth
 from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
 
@@ -20,31 +21,41 @@ SUM6_MONTHS = 6  # mart.subscriber_month.sum6_fen: cons of M-5..M, NULL until BI
 
 
 def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version: str, metrics: pl.DataFrame,
-                          assignment: pl.DataFrame) -> None:
-    """mart.tier_assignment of M: the graded rows with the metrics analysts read beside them."""
-    rows = assignment.join(metrics.select("subs_id", "sum6_fen", "tenure_months", "prior_year_points", "susp12",
-                                          "region_code"), on="subs_id", how="left")
+                          assignment: pl.DataFrame, overrides: pl.DataFrame) -> None:
+    """mart.tier_assignment of M: the graded rows with the metrics analysts read beside them, and the override
+    (id, reason, approver) behind each tier of reason OVERRIDE."""
+    behind = overrides.select("subs_id", override_id="override_id", override_reason="reason",
+                              override_approved_by="approved_by")
+    rows = (assignment.join(metrics.select("subs_id", "sum6_fen", "tenure_months", "prior_year_points", "susp12",
+                                           "region_code"), on="subs_id", how="left")
+            .join(behind, on="subs_id", how="left"))
     con.execute("DELETE FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day])
     con.register("assigned", rows)
     try:
         con.execute("""
             INSERT INTO mart.tier_assignment
             SELECT $m, subs_id, tier, reason, computed_tier, protected, sum6_fen, tenure_months, prior_year_points,
-                   susp12, tags, $version, region_code
-            FROM assigned ORDER BY subs_id""", {"m": month.first_day, "version": version})
+                   susp12, tags, $version, region_code,
+                   CASE WHEN reason = $override THEN override_id END,
+                   CASE WHEN reason = $override THEN override_reason END,
+                   CASE WHEN reason = $override THEN override_approved_by END
+            FROM assigned ORDER BY subs_id""", {"m": month.first_day, "version": version, "override": OVERRIDE_REASON})
     finally:
         con.unregister("assigned")
 
 
-def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, changes: pl.DataFrame) -> None:
-    """mart.grade_change of M from grading.grade_changes."""
+def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, changes: pl.DataFrame) -> None:
+    """mart.grade_change of M from grading.grade_changes, with the subscriber's region and account manager in
+    S(M) (or when last seen, for one who left)."""
     con.execute("DELETE FROM mart.grade_change WHERE grade_month = ?", [month.first_day])
     con.register("changes", changes)
     try:
         con.execute("""
             INSERT INTO mart.grade_change
-            SELECT $m, subs_id, from_tier, to_tier, change_type, reason, entitlements_gained, entitlements_lost
-            FROM changes ORDER BY subs_id""", {"m": month.first_day})
+            SELECT $m, c.subs_id, c.from_tier, c.to_tier, c.change_type, c.reason, c.entitlements_gained,
+                   c.entitlements_lost, who.region_code, who.manager_id
+            FROM changes c LEFT JOIN raw.last_known_as_of($snap) who USING (subs_id)
+            ORDER BY c.subs_id""", {"m": month.first_day, "snap": snapshot})
     finally:
         con.unregister("changes")
 
@@ -179,8 +190,18 @@ def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMon
         WITH pyp AS (SELECT subs_id, sum(earned) AS prior_year_points FROM staging.points_lot
                      WHERE year(earn_month) = $year - 1 GROUP BY subs_id)
         SELECT $m, subs_id, coalesce(b.earned, 0), coalesce(b.redeemed, 0), coalesce(b.expired, 0),
-               coalesce(b.balance, 0), coalesce(pyp.prior_year_points, 0)
+               coalesce(b.balance, 0), coalesce(pyp.prior_year_points, 0), 0
         FROM balances b FULL OUTER JOIN pyp USING (subs_id)
         ORDER BY subs_id""", {"m": m, "year": month.year})
     for name in ("new_lots", "lot_changes", "accepted", "rejected", "balances"):
         con.unregister(name)
+
+
+def write_points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame) -> None:
+    """mart.points_balance.expiring_next_month of M (expiring: subs_id, points; warehouse.inputs.points_expiring)."""
+    con.register("expiring", expiring)
+    try:
+        con.execute("UPDATE mart.points_balance b SET expiring_next_month = e.points FROM expiring e "
+                    "WHERE b.month = ? AND b.subs_id = e.subs_id", [month.first_day])
+    finally:
+        con.unregister("expiring")
