@@ -173,9 +173,16 @@ def cmd_backfill(args, home: Path) -> int:
 
 
 def cmd_status(args, home: Path) -> int:
+    import duckdb
+
     from transforms.report.status import status_report
+    from transforms.runs.lock import holder
     from transforms.warehouse.db import connect, warehouse_path
-    con = connect(home, read_only=True) if warehouse_path(home).exists() else None
+    try:
+        con = connect(home, read_only=True) if warehouse_path(home).exists() else None
+    except duckdb.IOException:  # DuckDB's writer lock keeps every other process out while a run writes
+        raise RuntimeError(f"the warehouse is being written by {holder(home)}: ask again when it is done, or "
+                           "read the published copy") from None
     try:
         print("\n".join(status_report(con, home)))
     finally:

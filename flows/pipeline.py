@@ -9,6 +9,7 @@ warehouse itself, so tasks can run in other processes and only one of them write
 from __future__ import annotations
 
 import sys
+from functools import cache
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -100,7 +101,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         run_id = start_run(con, "ingest", f"{(only_day or up_to or date.today()):%Y-%m-%d}")
         with failing_closes(con, run_id):
             started = datetime.now()
-            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(), _unrated_on,
+            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(), cache(_default_pack_in_force),
                                      max_quarantine_share, quality_dir(Path(home), run_id))
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
@@ -121,8 +122,8 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
         con.close()
 
 
-def _unrated_on(day: date) -> str:
-    return resolve_pack(None, Month.of(day)).unrated
+def _default_pack_in_force(month: Month) -> RulePack | None:
+    return _pack_in_force(None, month)
 
 
 @task(name="monthly-grading")

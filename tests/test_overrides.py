@@ -10,6 +10,9 @@ having ingested only what was delivered by then. Everyone opened 2020-01 (tenure
                                                      OV3 again on 2026-08-05: STAR2 for 202608..202609
     N  3000 a month: 18000 -> STAR2 by rules         OV4 STAR6 for 202606..202609; revoked (NONE) 2026-08-05
     U  50000 a month, not real-name registered       OV5 STAR6 for 202606..202609
+
+OVERRIDE_20260805 arrives after June and July were graded and replaces OV3 and OV4, which covered them: like any
+other correction it makes June and July stale, and they are regraded (as a backfill would) before August.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from tests.builders import Province, Sub, deliver
 from transforms.core.calendar import Month, month_range
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import ingest_delivery
+from transforms.runs.month_state import stale_months
 from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.grade.rulepack import load_pack
 from transforms.warehouse.db import connect
@@ -58,24 +62,37 @@ def build(home: Path) -> None:
     ])
 
 
-def run_timeline(con, home: Path) -> None:
+def run_timeline(con, home: Path) -> dict[Month, list[tuple]]:
+    """Each month graded after its BILL, stale months regraded first as the backfill does; returns each month's
+    tiers (subs_id, tier, reason) as its first, timely run gave them."""
+    timely = {}
     for month in month_range(JAN, SEP):
         up_to = (month + 1).first_day.replace(day=3)  # BILL_M arrives on the 3rd of M+1
         for d in scan_landing(home, up_to=up_to).delivered:
             assert ingest_delivery(con, home, d, "test").status in ("LOADED", "UNCHANGED")
+        for stale in stale_months(con):
+            run_monthly(con, stale, PACK, "regrade", ACCEPT)
         run_monthly(con, month, PACK, "test", ACCEPT)
+        timely[month] = con.execute("SELECT subs_id, tier, reason FROM mart.tier_assignment WHERE grade_month = ? "
+                                    "ORDER BY subs_id", [month.first_day]).fetchall()
+    return timely
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
+def timeline(tmp_path_factory) -> tuple[Path, dict]:
     home = tmp_path_factory.mktemp("overrides")
     build(home)
     con = connect(home)
     try:
-        run_timeline(con, home)
+        timely = run_timeline(con, home)
     finally:
         con.close()
-    return home
+    return home, timely
+
+
+@pytest.fixture(scope="module")
+def home(timeline) -> Path:
+    return timeline[0]
 
 
 def query(home: Path, sql: str, params=None) -> list[tuple]:
@@ -113,22 +130,31 @@ def test_an_override_beats_the_arrears_cap(home):
     assert computed == [("STAR3", 3)]  # what the rules and the cap alone would give
 
 
-def test_a_later_delivery_of_the_same_override_id_replaces_the_earlier(home):
-    assert graded(home, "R") == {
+def timely_of(timely: dict, subs_id: str) -> dict[str, tuple[str, str]]:
+    return {str(m): next((tier, reason) for s, tier, reason in rows if s == subs_id) for m, rows in timely.items()
+            if m >= JUN}
+
+
+def test_a_later_delivery_of_the_same_override_id_replaces_the_earlier(timeline):
+    home, timely = timeline
+    assert timely_of(timely, "R") == {
         "2026-06": ("STAR6", "OVERRIDE"),   # OV3 of 2026-06-01
         "2026-07": ("STAR6", "OVERRIDE"),   # graded 2026-08-03, before the replacement arrived
         "2026-08": ("STAR2", "OVERRIDE"),   # OV3 of 2026-08-05: STAR2 for 202608..202609
         "2026-09": ("STAR2", "OVERRIDE"),
     }
-
-
-def test_tier_none_revokes_an_override(home):
-    assert graded(home, "N") == {
-        "2026-06": ("STAR6", "OVERRIDE"),
-        "2026-07": ("STAR6", "OVERRIDE"),
-        "2026-08": ("STAR2", "AVG6"),       # revoked on 2026-08-05: the rules (sum6 18000)
-        "2026-09": ("STAR2", "AVG6"),
+    assert graded(home, "R") == {           # the replacement holds for 202608..202609 only: June and July regraded
+        "2026-06": ("STAR3", "AVG6"),
+        "2026-07": ("STAR3", "AVG6"),
+        "2026-08": ("STAR2", "OVERRIDE"),
+        "2026-09": ("STAR2", "OVERRIDE"),
     }
+
+
+def test_tier_none_revokes_an_override(timeline):
+    home, timely = timeline
+    assert timely_of(timely, "N")["2026-07"] == ("STAR6", "OVERRIDE")  # before the revocation arrived
+    assert graded(home, "N") == {m: ("STAR2", "AVG6") for m in ("2026-06", "2026-07", "2026-08", "2026-09")}
 
 
 def test_an_ineligible_subscriber_stays_unrated_despite_an_override(home):
@@ -142,10 +168,20 @@ def test_override_changes_reach_grade_change(home):
     assert [(f"{m:%Y-%m}", *rest) for m, *rest in rows] == [
         ("2026-07", "P", "STAR3", "STAR6", "UPGRADE", "OVERRIDE"),
         ("2026-07", "Q", "STAR3", "STAR5", "UPGRADE", "OVERRIDE"),
-        ("2026-08", "N", "STAR6", "STAR2", "DOWNGRADE", "AVG6"),
-        ("2026-08", "R", "STAR6", "STAR2", "DOWNGRADE", "OVERRIDE"),
+        ("2026-08", "R", "STAR3", "STAR2", "DOWNGRADE", "OVERRIDE"),
         ("2026-09", "P", "STAR6", "STAR3", "DOWNGRADE", "AVG6"),
     ]
+
+
+def test_the_override_behind_a_tier_is_published_with_its_reason_and_approver(home):
+    rows = query(home, "SELECT grade_month, subs_id, override_id, override_reason, override_approved_by "
+                       "FROM mart.tier_assignment WHERE reason = 'OVERRIDE' AND grade_month = ? ORDER BY subs_id",
+                 [AUG.first_day])
+    assert rows == [(AUG.first_day, "P", "OV1", "key account campaign", "张经理"),
+                    (AUG.first_day, "Q", "OV2", "arrears disputed", "张经理"),
+                    (AUG.first_day, "R", "OV3", "retention, reduced", "王总监")]
+    assert query(home, "SELECT count(*) FROM mart.tier_assignment WHERE reason <> 'OVERRIDE' "
+                       "AND override_id IS NOT NULL") == [(0,)]
 
 
 def test_raw_override_keeps_every_delivered_record_with_its_approver(home):
@@ -162,16 +198,16 @@ def test_raw_override_keeps_every_delivered_record_with_its_approver(home):
     ]
 
 
-def test_regrading_a_month_gives_the_same_tiers_as_its_timely_run(home, tmp_path):
+def test_nothing_is_left_stale_and_a_regrade_changes_nothing(home, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(home, copy)
-    before = query(copy, "SELECT subs_id, tier, reason FROM mart.tier_assignment WHERE grade_month = ? "
-                         "ORDER BY subs_id", [JUL.first_day])
     con = connect(copy)
     try:
+        assert stale_months(con) == []
+        before = con.execute("SELECT * FROM mart.tier_assignment WHERE grade_month = ? ORDER BY ALL",
+                             [JUL.first_day]).fetchall()
         run_monthly(con, JUL, PACK, "regrade", ACCEPT)
-        after = con.execute("SELECT subs_id, tier, reason FROM mart.tier_assignment WHERE grade_month = ? "
-                            "ORDER BY subs_id", [JUL.first_day]).fetchall()
+        assert con.execute("SELECT * FROM mart.tier_assignment WHERE grade_month = ? ORDER BY ALL",
+                           [JUL.first_day]).fetchall() == before
     finally:
         con.close()
-    assert after == before  # R and N stay STAR6 OVERRIDE, as when July was first graded

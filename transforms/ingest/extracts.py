@@ -445,6 +445,12 @@ def _split_duplicate_keys(records: pl.DataFrame, kind: str, fh: BinaryIO, codec:
     return records.filter(first), quarantine
 
 
+def read_lines(dat_path: Path, line_nos: list[int], encoding: str) -> dict[int, str]:
+    """Texts of the given valid lines of a delivered file, numbered as parse_extract numbers them."""
+    with open(dat_path, "rb") as fh:
+        return _read_lines(fh, line_nos, _CODECS[encoding], CHUNK_BYTES)
+
+
 def _read_lines(fh: BinaryIO, line_nos: list[int], codec: str, chunk_bytes: int) -> dict[int, str]:
     """Texts of the given (valid, hence decodable) lines, numbered as parse_extract numbers them."""
     wanted = np.array(sorted(line_nos), dtype=np.int64)

@@ -23,6 +23,7 @@ BILL_ITEMS = ("RENT", "VOICE", "DATA", "SMS", "ROAM", "VAS", "DISCOUNT", "ADJUST
 EXCLUDED_FROM_CONSUMPTION = ("GIFT", "DEPOSIT")                     # gifted credit and deposits are no spending
 SUSP_TYPES = ("ARREARS_ONEWAY", "ARREARS_TWOWAY", "REQUEST", "LOSS")
 FLAGS = ("Y", "N")
+REVOKED_TIER = "NONE"                                               # an OVERRIDE of tier NONE revokes it
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import polars as pl
 
 from transforms.core.calendar import parse_day
 from transforms.ingest.control import FileRejected, read_control, verify_control
-from transforms.ingest.extracts import ParsedFile, parse_extract
+from transforms.ingest.extracts import ParsedFile, parse_extract, read_lines
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import ExtractName, field_names, parse_extract_name
 from transforms.quality.gates import GateFailed, gate_raw_file
@@ -26,6 +26,7 @@ from transforms.warehouse.db import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 OnRecord = Callable[[duckdb.DuckDBPyConnection, Delivery, str], None]
+RecordCheck = Callable[[ExtractName, pl.DataFrame], pl.DataFrame]
 _RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
 # Keys unique across all deliveries (extracts.md); None = no key.
 _CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
@@ -41,6 +42,7 @@ class IngestResult:
     quarantined: int = 0
     orphans: int = 0
     reason: str | None = None
+    carried_forward: int = 0  # ACCT: subscribers whose line was quarantined, their previous version kept
 
     def line(self) -> str:
         text = f"{self.file_name} ({self.day:%Y%m%d}): {self.status}"
@@ -48,6 +50,8 @@ class IngestResult:
             text += f", {self.loaded:,} loaded, {self.quarantined:,} quarantined"
             if self.orphans:
                 text += f", {self.orphans:,} orphan subscriber(s)"
+            if self.carried_forward:
+                text += f", {self.carried_forward:,} carried forward (line quarantined, previous version kept)"
         if self.reason:
             text += f" - {self.reason}"
         return text
@@ -55,9 +59,12 @@ class IngestResult:
 
 def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
                     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
-                    results_dir: Path | None = None, on_record: OnRecord | None = None) -> IngestResult:
+                    results_dir: Path | None = None, on_record: OnRecord | None = None,
+                    check_records: RecordCheck | None = None) -> IngestResult:
     """Loads one delivered file in one transaction (see module docstring for the outcomes). `on_record(con,
-    delivery, status)` runs inside the transaction that records the outcome, for what must commit with it."""
+    delivery, status)` runs inside the transaction that records the outcome, for what must commit with it;
+    `check_records(name, records)` returns quarantine rows (line_no, reason, detail) for valid records
+    that the run's own rules refuse (an override naming a tier its pack does not have)."""
     name = delivery.name
     current = first_row(
         con, "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
@@ -76,20 +83,40 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
         return IngestResult(name.file_name, delivery.day, "UNCHANGED")
 
     parsed = parse_extract(delivery.dat_path, name, control.encoding, delivery.day)
+    if check_records:
+        parsed = _quarantined_too(parsed, check_records(name, parsed.records), delivery, control.encoding)
     try:
         _check_counts(parsed, control, max_quarantine_share)
     except FileRejected as rejected:
         return _reject(con, home, delivery, run_id, rejected, on_record, control, md5, parsed)
     try:
         with transaction(con, "ingest"):
-            orphans, quarantined, loaded = _load(con, home, delivery, parsed, control, md5, run_id)
+            orphans, quarantined, loaded, carried = _load(con, home, delivery, parsed, control, md5, run_id)
             gate_raw_file(con, name.file_name, results_dir).raise_if_failed()  # gate 1, inside the load
             if on_record:
                 on_record(con, delivery, "LOADED")
     except GateFailed as failed:  # gate 1 failed: the load is rolled back and the file rejected whole
         return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
                        on_record, control, md5, parsed)
-    return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans)
+    return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans, carried_forward=carried)
+
+
+def _quarantined_too(parsed: ParsedFile, refused: pl.DataFrame, delivery: Delivery, encoding: str) -> ParsedFile:
+    """The parsed file with the refused records (line_no, reason, detail) moved to its quarantine, each with its
+    line as delivered."""
+    if refused.height == 0:
+        return parsed
+    texts = read_lines(delivery.dat_path, refused["line_no"].to_list(), encoding)
+    refused = refused.with_columns(raw_text=pl.col("line_no").replace_strict(texts, return_dtype=pl.String))
+    records = parsed.records.join(refused.select("line_no"), on="line_no", how="anti")
+    quarantine = pl.concat([parsed.quarantine, refused.select(parsed.quarantine.columns)]).sort("line_no")
+    return ParsedFile(records, quarantine, parsed.record_count)
+
+
+def record_text(records: pl.DataFrame) -> pl.Expr:
+    """A parsed record written back as its line (fields joined by '|'), for the quarantine's raw_text."""
+    return pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("") for c in records.columns
+                          if c not in ("line_no", "file_name")], separator="|")
 
 
 def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5: str, run_id: str):
@@ -98,16 +125,17 @@ def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5:
     _supersede(con, name.file_name)
     records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
     quarantine = pl.concat([parsed.quarantine, cross_dupes], how="vertical")
+    carried = 0
     if name.kind == "ACCT":
-        _load_snapshot(con, home, delivery, records)
+        carried = _load_snapshot(con, home, delivery, records, quarantine)
         orphans = 0
     else:
         _load_records(con, name, records)
         orphans = _count_orphans(con, records)
     _insert_quarantine(con, delivery, quarantine, run_id)
     _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
-                     "LOADED", None, run_id)
-    return orphans, quarantine.height, records.height
+                     "LOADED", None, run_id, carried)
+    return orphans, quarantine.height, records.height, carried
 
 
 def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
@@ -178,8 +206,7 @@ def _drop_cross_file_duplicates(con, name: ExtractName, records: pl.DataFrame):
         return records, empty
     dupes = records.join(seen, on="line_no").select(
         "line_no",
-        pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("") for c in records.columns if c != "line_no"
-                       and c != "file_name"], separator="|").alias("raw_text"),
+        record_text(records).alias("raw_text"),
         pl.lit("DUPLICATE_KEY").alias("reason"),
         (pl.lit(f"{key} already delivered in ") + pl.col("file_name")).alias("detail"),
     )
@@ -218,19 +245,21 @@ def _insert_quarantine(con, delivery: Delivery, quarantine: pl.DataFrame, run_id
 
 
 def _insert_delivery(con, home, delivery: Delivery, control, md5, loaded, quarantined, orphans, status, reason,
-                     run_id) -> None:
+                     run_id, carried_forward: int = 0) -> None:
     con.execute(
-        "INSERT INTO ops.delivery VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ops.delivery (file_name, kind, period, day, path, md5, byte_size, encoding, record_count, "
+        "loaded, quarantined, orphans, status, reason, run_id, loaded_at, carried_forward) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [delivery.name.file_name, delivery.name.kind, delivery.name.period, delivery.day,
          delivery.relative_path(home), md5, control.byte_size if control else None,
          control.encoding if control else None, control.record_count if control else None,
-         loaded, quarantined, orphans, status, reason, run_id, datetime.now()])
+         loaded, quarantined, orphans, status, reason, run_id, datetime.now(), carried_forward])
 
 
 # --- ACCT snapshots: kept as valid-from / valid-to changes ----------------------------------------------------
 
-def _load_snapshot(con, home: Path, delivery: Delivery, records: pl.DataFrame) -> None:
-    """Merges a full snapshot into raw.subscriber_history.
+def _load_snapshot(con, home: Path, delivery: Delivery, records: pl.DataFrame, quarantine: pl.DataFrame) -> int:
+    """Merges a full snapshot into raw.subscriber_history; returns how many subscribers were carried forward.
 
     Snapshots must be applied in date order; a snapshot for a date at or before the latest applied one (a
     re-delivery or a late file) rewinds the history to that date and re-applies the later snapshots.
@@ -242,7 +271,7 @@ def _load_snapshot(con, home: Path, delivery: Delivery, records: pl.DataFrame) -
         "ORDER BY s.snapshot_date", [snapshot_date]).fetchall()
     if later:
         _rewind_history(con, snapshot_date)
-    _merge_snapshot(con, snapshot_date, delivery.name.file_name, records)
+    carried = _merge_snapshot(con, snapshot_date, delivery.name.file_name, records, quarantine)
     for day, rel_path in later:
         if day == snapshot_date:
             continue
@@ -250,7 +279,8 @@ def _load_snapshot(con, home: Path, delivery: Delivery, records: pl.DataFrame) -
         name = parse_extract_name(path.name)
         control = read_control(path.with_suffix(".chk"))
         again = parse_extract(path, name, control.encoding, parse_day(path.parent.name))
-        _merge_snapshot(con, day, name.file_name, again.records)
+        _merge_snapshot(con, day, name.file_name, again.records, again.quarantine)
+    return carried
 
 
 def _rewind_history(con, snapshot_date: date) -> None:
@@ -259,14 +289,21 @@ def _rewind_history(con, snapshot_date: date) -> None:
     con.execute("DELETE FROM ops.snapshot WHERE snapshot_date >= ?", [snapshot_date])
 
 
-def _merge_snapshot(con, snapshot_date: date, file_name: str, records: pl.DataFrame) -> None:
-    """Closes versions that changed or vanished, opens versions that are new or changed."""
+def _merge_snapshot(con, snapshot_date: date, file_name: str, records: pl.DataFrame, quarantine: pl.DataFrame) -> int:
+    """Closes versions that changed or vanished, opens versions that are new or changed. A subscriber whose line
+    was quarantined did not vanish: their current version is carried forward (never LOST because of a parse
+    error). Returns how many were carried forward."""
     con.register("snapshot_in", records)
+    con.register("unreadable", _line_subs_ids(quarantine))
     same = " AND ".join(f"n.{c} IS NOT DISTINCT FROM h.{c}" for c in _ACCT_ATTRS)
+    current_unread = """h.valid_to IS NULL AND h.subs_id IN (SELECT subs_id FROM unreadable)
+        AND NOT EXISTS (SELECT 1 FROM snapshot_in n WHERE n.subs_id = h.subs_id)"""
+    carried = scalar(con, f"SELECT count(*) FROM raw.subscriber_history h WHERE {current_unread}")
     con.execute(f"""
         UPDATE raw.subscriber_history h SET valid_to = ?
         WHERE h.valid_to IS NULL AND NOT EXISTS (
-            SELECT 1 FROM snapshot_in n WHERE n.subs_id = h.subs_id AND {same})""", [snapshot_date])
+            SELECT 1 FROM snapshot_in n WHERE n.subs_id = h.subs_id AND {same})
+          AND NOT ({current_unread})""", [snapshot_date])
     cols = ", ".join(["subs_id"] + _ACCT_ATTRS)
     con.execute(f"""
         INSERT INTO raw.subscriber_history
@@ -277,6 +314,14 @@ def _merge_snapshot(con, snapshot_date: date, file_name: str, records: pl.DataFr
     con.execute("DELETE FROM ops.snapshot WHERE snapshot_date = ?", [snapshot_date])
     con.execute("INSERT INTO ops.snapshot VALUES (?, ?, ?)", [snapshot_date, file_name, records.height])
     con.unregister("snapshot_in")
+    con.unregister("unreadable")
+    return int(carried)
+
+
+def _line_subs_ids(quarantine: pl.DataFrame) -> pl.DataFrame:
+    """The subscriber a quarantined snapshot line names: its first field, as delivered."""
+    return (quarantine.filter(pl.col("raw_text").is_not_null())
+            .select(subs_id=pl.col("raw_text").str.split("|").list.first()).unique())
 
 
 def reconciliation_failures(con) -> list[str]:

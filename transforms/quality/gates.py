@@ -101,7 +101,7 @@ _ENUM_PARAMS = {"brands": BRANDS, "subs_types": SUBS_TYPES, "statuses": STATUSES
 _RAW_SCHEMA = ([("file_name", pa.string()), ("kind", pa.string()), ("delivery_status", pa.string()),
                 ("md5", pa.string())]
                + [(c, pa.int64()) for c in (
-                   "record_count", "byte_size", "loaded", "quarantined", "loaded_plus_quarantined", "raw_rows",
+                   "record_count", "byte_size", "loaded", "quarantined", "loaded_plus_quarantined", "held_rows", "raw_rows",
                    "distinct_keys", "null_keys", "bill_month_min", "bill_month_max", "open_date_min",
                    "open_date_max", "event_day_max", "txn_day_max", "points_min", "overrides_ending_before_start")]
                + [(c, pa.string()) for c in _ENUM_FIELDS])
@@ -110,7 +110,8 @@ _RAW_SCHEMA = ([("file_name", pa.string()), ("kind", pa.string()), ("delivery_st
 def raw_file_frame(con: duckdb.DuckDBPyConnection, file_name: str) -> tuple[pd.DataFrame, dict]:
     """The gate-1 frame of a delivered file (the delivery in use) and the suite's parameters."""
     delivery = _records(con, """
-        SELECT file_name, kind, period, day, status, md5, record_count, byte_size, loaded, quarantined
+        SELECT file_name, kind, period, day, status, md5, record_count, byte_size, loaded, quarantined,
+               carried_forward
         FROM ops.delivery WHERE file_name = ?
         ORDER BY status IN ('LOADED', 'REJECTED') DESC, day DESC LIMIT 1""", [file_name])
     if not delivery:
@@ -126,6 +127,7 @@ def raw_file_frame(con: duckdb.DuckDBPyConnection, file_name: str) -> tuple[pd.D
         "byte_size": -1 if d["byte_size"] is None else d["byte_size"],
         "loaded": d["loaded"], "quarantined": d["quarantined"],
         "loaded_plus_quarantined": d["loaded"] + d["quarantined"],
+        "held_rows": d["loaded"] + d["carried_forward"],
         **{k: v for k, v in profile.items() if k not in _ENUM_FIELDS},
     }
     values = [{name: value} for name in _ENUM_FIELDS for value in (profile.get(name) or [])]

@@ -20,6 +20,11 @@ class RunLocked(Exception):
     pass
 
 
+def holder(home: Path) -> str:
+    """Who holds (or last held) the home's writer lock, as the lock file says."""
+    return _holder(Path(home) / LOCK_FILE)
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")

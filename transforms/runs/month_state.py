@@ -41,19 +41,23 @@ def window_complete(con, month: Month, months: int) -> bool:
 
 def input_files(con, month: Month) -> list[dict]:
     """The deliveries month M depends on: BILL of M-5..M (earlier months reach M through M-1's fingerprint), S(M),
-    SUSP of the 12-month window, REDEEM of M and all overrides; each with its MD5 and counts (for the ledger and
-    the fingerprint)."""
+    SUSP of the 12-month window, REDEEM of M, and every override file holding a record of an override that
+    covers M, whenever it was delivered (a late override makes M stale like any other correction); each with its
+    MD5 and counts (for the ledger and the fingerprint)."""
     snapshot = snapshot_date_for(con, month)
     rows = con.execute("""
+        WITH covering AS (SELECT DISTINCT o.file_name FROM raw.override o
+                          WHERE o.override_id IN (SELECT override_id FROM raw.override
+                                                  WHERE from_month <= $m AND to_month >= $m))
         SELECT d.file_name, d.md5, d.record_count, d.loaded, d.quarantined FROM ops.delivery d
         WHERE d.status = 'LOADED' AND (
              (d.kind = 'BILL' AND d.period BETWEEN $bill_from AND $bill_to)
           OR (d.kind = 'ACCT' AND d.period = $snap)
           OR (d.kind = 'SUSP' AND d.period BETWEEN $susp_from AND $to_day)
           OR (d.kind = 'REDEEM' AND d.period BETWEEN $redeem_from AND $to_day)
-          OR (d.kind = 'OVERRIDE' AND d.period <= $to_day))
+          OR (d.kind = 'OVERRIDE' AND d.file_name IN (SELECT file_name FROM covering)))
         ORDER BY d.file_name""", {
-        "bill_from": (month - 5).compact, "bill_to": month.compact,
+        "bill_from": (month - 5).compact, "bill_to": month.compact, "m": month.first_day,
         "snap": snapshot.strftime("%Y%m%d") if snapshot else "",
         "susp_from": (month - 11).first_day.strftime("%Y%m%d"),
         "redeem_from": month.first_day.strftime("%Y%m%d"), "to_day": month.last_day.strftime("%Y%m%d"),

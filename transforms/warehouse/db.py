@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS ops.delivery (
     path VARCHAR NOT NULL, md5 VARCHAR, byte_size BIGINT, encoding VARCHAR, record_count BIGINT,
     loaded BIGINT NOT NULL, quarantined BIGINT NOT NULL, orphans BIGINT NOT NULL DEFAULT 0,
     status VARCHAR NOT NULL,   -- LOADED, REJECTED, SUPERSEDED
-    reason VARCHAR, run_id VARCHAR, loaded_at TIMESTAMP
+    reason VARCHAR, run_id VARCHAR, loaded_at TIMESTAMP,
+    carried_forward BIGINT NOT NULL DEFAULT 0  -- ACCT: subscribers whose line was quarantined keep their version
 );
 CREATE TABLE IF NOT EXISTS ops.quarantine (
     file_name VARCHAR NOT NULL, day DATE, line_no BIGINT,  -- line_no NULL: the whole file was rejected

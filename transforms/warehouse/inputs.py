@@ -13,6 +13,7 @@ import polars as pl
 
 from transforms.core.calendar import Month
 from transforms.grade.rulepack import RulePack
+from transforms.ingest.layouts import REVOKED_TIER
 
 
 def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date) -> pl.DataFrame:
@@ -64,19 +65,19 @@ def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
 
 
 def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
-    """Overrides holding for M (subs_id, tier, override_id, reason, approved_by): the latest delivery of each
-    override_id wins; tier NONE revokes; at most one per subscriber (the latest delivered)."""
+    """Overrides holding for M (subs_id, tier, override_id, reason, approved_by) among those loaded: the latest
+    delivery of each override_id wins; tier NONE revokes; at most one per subscriber (the latest delivered).
+    Whatever was delivered by the time M is graded counts (in a backfill: by the day M's BILL arrived)."""
     return con.sql("""
         WITH latest AS (
             SELECT o.*, d.day FROM raw.override o
             JOIN ops.delivery d ON d.file_name = o.file_name AND d.status = 'LOADED'
-             AND d.period <= strftime($last_day, '%Y%m%d')  -- what was delivered by M's end (the fingerprint's set)
             QUALIFY row_number() OVER (PARTITION BY override_id ORDER BY d.day DESC, o.file_name DESC,
                                        o.line_no DESC) = 1)
         SELECT subs_id, tier, override_id, reason, approved_by FROM latest
-        WHERE tier <> 'NONE' AND from_month <= $m AND to_month >= $m
+        WHERE tier <> $revoked AND from_month <= $m AND to_month >= $m
         QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY day DESC, override_id DESC) = 1
-        ORDER BY subs_id""", params={"m": month.first_day, "last_day": month.last_day}).pl()
+        ORDER BY subs_id""", params={"m": month.first_day, "revoked": REVOKED_TIER}).pl()
 
 
 def tier_spells(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
