@@ -18,6 +18,7 @@ from prefect import flow, task
 
 from flows.serve import DEFAULT_TIMEZONE, ignore_interrupts_when_served
 from transforms.core.calendar import Month, parse_day
+from transforms.core.files import remove_leftovers_under
 from transforms.deliver.channels import load_channels
 from transforms.grade.packs import pack_for_month
 from transforms.grade.rulepack import PackError, RulePack
@@ -63,13 +64,15 @@ def _pack_in_force(rules: str | None, month: Month) -> RulePack | None:
 
 @task(name="recover")
 def recover(home: str) -> dict:
-    """Closes runs that died as INTERRUPTED and delivers what committed work still owes."""
+    """Closes runs that died as INTERRUPTED and delivers the channel files committed work still owes (an owed
+    publication is done at the end of this run)."""
     con = connect(Path(home))
     try:
         interrupted = close_interrupted(con)
         for run_id in interrupted:
             progress(f"  run {run_id} had been interrupted: closed as INTERRUPTED")
-        delivered = deliver_owed(con, Path(home))
+            remove_leftovers_under(quality_dir(Path(home), run_id))  # results it was writing when it died
+        delivered = deliver_owed(con, Path(home), publishing=False)
         if delivered["files"]:
             progress(f"  delivered {len(delivered['files'])} owed channel file(s)")
         return {"interrupted": interrupted, **delivered}
@@ -109,6 +112,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | Non
             problems = reconciliation_failures(con)
             if problems:
                 raise RunFailed(f"reconciliation failed: {problems[0]}")
+            deliver_owed(con, Path(home), publishing=False)  # the nightly notices of the snapshots loaded
             finish_run(con, run_id, "SUCCESS", "",
                        input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status,
                                      "loaded": r.loaded, "quarantined": r.quarantined} for r in changed],
@@ -151,7 +155,7 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
                 raise RunFailed(str(exc)) from None
             except MonthlyError as exc:
                 raise RunFailed(str(exc)) from None
-            delivered = deliver_owed(con, Path(home))
+            delivered = deliver_owed(con, Path(home), publishing=False)  # the flow publishes once, at its end
             finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
                        output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
                        checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,

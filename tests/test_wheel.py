@@ -3,7 +3,6 @@ into a fresh venv, its `tierflow demo` run from another directory. Checks that i
 code, the packs, the suites and the channel configuration came from the installed wheel, not the source tree."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import sys
 FAULT_ENV = "TIERFLOW_FAULT"
 KILLED_EXIT_CODE = 137  # what a shell reports for kill -9
 
-_UNITS = ("ingest", "monthly", "owed", "publish", "ledger")
+_UNITS = ("ingest", "monthly", "owed")
 _FILES = ("outbox", "report", "results", "landing")
 POINTS = tuple(
     [f"{when}-commit:{unit}" for unit in _UNITS for when in ("before", "after")]

@@ -25,6 +25,12 @@ def remove_leftovers(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def remove_leftovers_under(folder: Path) -> None:
+    """Every hidden leftover below a folder that only a dead process was writing."""
+    for stale in Path(folder).rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def write_aside(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
     """Writes `data` under the hidden name of `path`, fsynced; returns that name (rename it with `commit`)."""
     remove_leftovers(path)

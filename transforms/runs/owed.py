@@ -65,11 +65,12 @@ def done(con: duckdb.DuckDBPyConnection, effect: str, target: str) -> None:
         con.execute("DELETE FROM ops.owed WHERE effect = ? AND target = ?", [effect, target])
 
 
-def deliver_owed(con: duckdb.DuckDBPyConnection, home: Path) -> dict:
-    """Delivers everything owed, in order: the channel files, then the analysts' copy."""
+def deliver_owed(con: duckdb.DuckDBPyConnection, home: Path, publishing: bool = True) -> dict:
+    """Delivers what is owed, in order: the channel files, then (unless `publishing` is off: a run publishes once,
+    at its end) the analysts' copy."""
     files = deliver_files(con, home)
-    owed = {effect for effect, _, _ in owed_effects(con)}
-    if PUBLISH in owed:
+    publish_owed = publishing and PUBLISH in {effect for effect, _, _ in owed_effects(con)}
+    if publish_owed:
         publish(con, home)
         done(con, PUBLISH, "")
-    return {"files": [f.relpath for f in files], "published": PUBLISH in owed}
+    return {"files": [f.relpath for f in files], "published": publish_owed}

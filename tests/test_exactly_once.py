@@ -1,0 +1,137 @@
+"""Exactly once across crashes: a backfill killed at each boundary in turn (right before and right after each
+commit, each file rename, each swap of the published copy: transforms.core.faults) is followed by a rerun that
+must equal an uninterrupted run (warehouse, published copy, every outbox file), with nothing owed afterwards
+and the killed run closed as INTERRUPTED.
+
+The smallest province that reaches every boundary: June 2026 graded (the state every killed run starts from),
+then July's deliveries: the month-end snapshot with a rated subscriber cancelled (nightly LOST notices), its
+BILL, and July's grading with its channel files and the publication.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows.pipeline import backfill_flow
+from tests.builders import Province, Sub
+from transforms.core.calendar import Month, month_range
+from transforms.core.faults import FAULT_ENV, KILLED_EXIT_CODE, POINTS
+from transforms.runs.publish import published_path
+from transforms.warehouse.db import connect
+
+pytestmark = pytest.mark.flow
+JAN, JUN, JUL = Month(2026, 1), Month(2026, 6), Month(2026, 7)
+PROJECT = Path(__file__).resolve().parent.parent
+# landing files are written by the sender (and the generator), never by a run
+REACHED = [p for p in POINTS if not p.endswith(":landing")]
+# What a rerun must reproduce exactly: every mart table, and the ops tables without run ids and clock times.
+COMPARED = {
+    **{f"mart.{t}": "*" for t in ("subscriber_month", "points_balance", "tier_assignment", "tier_current",
+                                  "tier_history", "grade_change", "tier_summary")},
+    "ops.delivery": "file_name, day, status, md5, loaded, quarantined, carried_forward",
+    "ops.quarantine": "file_name, day, line_no, raw_text, reason, detail",
+    "ops.month_state": "month, graded, pack_version, fingerprint",
+    "ops.sent_record": "*",
+    "ops.outbox_file": "relpath, channel, records, md5",
+    "ops.owed": "effect, target",
+}
+
+
+def build(home: Path) -> None:
+    p = Province()
+    p.join(*(Sub(f"S{n}") for n in range(1, 31)))
+    for month in month_range(JAN, JUL):
+        for n in range(1, 31):
+            p.spend(month, f"S{n}", 10000 + 1000 * (n % 7) + (30000 if (n, month) == (2, JUL) else 0))
+        if month == JUL:
+            p.change("S1", status="CANCELLED", cancel_date="20260720")
+        p.close_month(month)
+    p.write(home)
+
+
+@pytest.fixture(scope="module")
+def june(tmp_path_factory, prefect_harness) -> Path:
+    """June graded, July's deliveries in the landing area, not loaded yet."""
+    home = tmp_path_factory.mktemp("june")
+    build(home)
+    backfill_flow(str(home), "2026-01", "2026-06")
+    return home
+
+
+def state(home: Path) -> dict:
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        tables = {t: con.execute(f"SELECT {cols} FROM {t} ORDER BY ALL").fetchall() for t, cols in COMPARED.items()}
+    finally:
+        con.close()
+    pub = duckdb.connect(str(published_path(home)), read_only=True)
+    try:
+        published = pub.execute("SELECT * FROM mart.tier_assignment ORDER BY ALL").fetchall()
+    finally:
+        pub.close()
+    outbox = {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted((home / "outbox").rglob("*")) if p.is_file()}
+    return {"tables": tables, "published": published, "outbox": outbox}
+
+
+@pytest.fixture(scope="module")
+def reference(june, tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("reference")
+    shutil.copytree(june, home, dirs_exist_ok=True)
+    backfill_flow(str(home), "2026-01", "2026-07")
+    result = state(home)
+    assert result["tables"]["ops.owed"] == []
+    assert "outbox/sms/daily/20260731/lost.jsonl" in result["outbox"]  # the boundaries are all reached
+    assert "outbox/boss/202607/GRADE_CHG_202607.dat" in result["outbox"]
+    return result
+
+
+@pytest.mark.parametrize("point", REACHED)
+def test_killed_at_each_boundary_the_rerun_equals_an_uninterrupted_run(point, june, reference, tmp_path, cli_env):
+    home = tmp_path / "home"
+    shutil.copytree(june, home)
+    killed = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
+                             "2026-01", "--end", "2026-07"], env={**cli_env, FAULT_ENV: point},
+                            capture_output=True, text=True, cwd=PROJECT)
+    assert killed.returncode == KILLED_EXIT_CODE, f"{point} was never reached: {killed.stderr[-2000:]}"
+    backfill_flow(str(home), "2026-01", "2026-07")  # the rerun: no cleanup by hand
+    assert state(home) == reference
+    con = connect(home, read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status = 'RUNNING'").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status = 'INTERRUPTED'").fetchone()[0] >= 1
+    finally:
+        con.close()
+    assert not [p for p in home.rglob(".*.tmp")]  # no leftover of a write that was cut short
+
+
+def test_an_outbox_that_cannot_be_written_fails_the_run_with_one_line_and_owes_the_files(june, reference, tmp_path,
+                                                                                        cli_env):
+    home = tmp_path / "home"
+    shutil.copytree(june, home)
+    blocker = home / "outbox" / "sms" / "daily"
+    shutil.rmtree(blocker, ignore_errors=True)
+    blocker.write_text("not a folder")  # even root cannot create the day's folder below a file
+    failed = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
+                             "2026-01", "--end", "2026-07"], env=cli_env, capture_output=True, text=True,
+                            cwd=PROJECT)
+    assert failed.returncode == 1
+    first, hint = failed.stderr.splitlines()
+    assert first.startswith("tierflow backfill: error: ") and "daily" in first
+    assert hint == "  (set TIERFLOW_DEBUG=1 for the traceback)"
+    con = connect(home, read_only=True)
+    try:
+        owed = con.execute("SELECT target FROM ops.owed WHERE effect = 'OUTBOX'").fetchall()
+        assert ("sms/daily/20260731/lost.jsonl",) in owed  # committed, not lost: owed until written
+        assert con.execute("SELECT status FROM ops.run_ledger WHERE status = 'FAILED'").fetchall()
+    finally:
+        con.close()
+    blocker.unlink()
+    backfill_flow(str(home), "2026-01", "2026-07")
+    assert state(home) == reference
