@@ -75,7 +75,7 @@ def test_raw_file_gate_catches_broken_control_totals_counts_enums_and_dates(con,
         "expect_column_pair_values_to_be_equal(loaded_plus_quarantined, record_count): 1 of 1 unexpected, "
         "e.g. ['BILL_202607.dat: (12, 11)']",
         # 11 loaded, C's row gone
-        "expect_column_pair_values_to_be_equal(raw_rows, loaded): 1 of 1 unexpected, "
+        "expect_column_pair_values_to_be_equal(raw_rows, held_rows): 1 of 1 unexpected, "
         "e.g. ['BILL_202607.dat: (10, 11)']",
         "expect_column_values_to_be_between(bill_month_min): 1 of 1 unexpected, e.g. ['BILL_202607.dat: 20260601']",
         # distinct item codes left: BONUS, RENT
