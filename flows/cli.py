@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--official", default=None,
                           help="the pack of the official grading, when it is not in rules/")
     simulate.add_argument("--out", default=None, help="output folder (default <home>/simulations/...)")
+
+    report = sub.add_parser("report", parents=[home],
+                            help="write the HTML report of a graded month from the published copy")
+    report.add_argument("--month", type=_month, required=True)
+    report.add_argument("--out", default=None, help="output file (default <home>/reports/<YYYYMM>.html)")
     return parser
 
 
@@ -203,6 +208,14 @@ def cmd_demo(args, home: Path) -> int:
     return cmd_status(args, home)
 
 
+def cmd_report(args, home: Path) -> int:
+    """Reads only the analysts' published copy, so it runs beside a writing run and needs no Prefect."""
+    from transforms.report.monthly_page import write_report
+    path = write_report(home, Month.parse(args.month), Path(args.out) if args.out else None)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_serve(args, home: Path) -> int:
     from flows.serve import Schedules, serve
     defaults = Schedules()
@@ -217,7 +230,7 @@ def cmd_serve(args, home: Path) -> int:
 
 COMMANDS = {"demo": cmd_demo, "generate": cmd_generate, "nightly": cmd_nightly, "monthly": cmd_monthly,
             "backfill": cmd_backfill, "status": cmd_status, "rules": cmd_rules, "simulate": cmd_simulate,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "report": cmd_report}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ are small YAML files written here. Every expected count is worked out by hand in
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -271,14 +272,23 @@ def test_simulate_leaves_the_warehouse_and_outbox_byte_identical(home, packs):
 def test_outputs_are_deterministic_and_the_page_is_self_contained(home, packs, tmp_path):
     assert simulate(home, packs["lite"], JUL, "--out", str(tmp_path / "one")) == 0
     assert simulate(home, packs["lite"], JUL, "--out", str(tmp_path / "two")) == 0
-    for name in ("migration.csv", "entitlements.csv", "simulation.html"):
+    for name in ("migration.csv", "entitlements.csv", "movers.csv", "simulation.html"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     page = (tmp_path / "one" / "simulation.html").read_text(encoding="utf-8")
-    assert page.startswith("<!DOCTYPE html>") and "<table>" in page
-    assert "http" not in page and "<script" not in page and "<link" not in page and "src=" not in page
-    assert "background:rgba(" in page  # the heat map
+    assert page.startswith("<!DOCTYPE html>") and '<table id="migration">' in page
+    # plotly.js is inlined once; no element loads anything (tests/test_report_browser.py opens pages offline)
+    assert page.count("plotly.js v") == 1 and "<link" not in page
+    assert not re.search(r"<(script|img|iframe)[^>]*\ssrc=", page)
+    assert 'id="chart-migration"' in page and 'id="chart-regions"' in page  # the plotly heat map, per region
+    assert "background:rgba(" in page  # the table coloured by direction
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
-        "entitlements.csv", "migration.csv", "simulation.html"]
+        "entitlements.csv", "migration.csv", "movers.csv", "simulation.html"]
+    # B, C and S move (test_migration_and_entitlements_by_hand); every builder subscriber is in region 4110
+    assert (tmp_path / "one" / "movers.csv").read_text(encoding="utf-8") == (
+        "subs_id,region_code,official_tier,candidate_tier\n"
+        "B,4110,STAR4,STAR5\n"
+        "C,4110,STAR4,STAR1\n"
+        "S,4110,STAR3,STAR5\n")
 
 
 @pytest.mark.parametrize(("month", "why"), [

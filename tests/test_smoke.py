@@ -68,6 +68,7 @@ REQUIRED = {
     "rules": ["check", "six-star"],
     "simulate": ["--month", "2026-07", "--rules", "abc"],
     "serve": [],
+    "report": ["--month", "2026-07"],
 }
 
 

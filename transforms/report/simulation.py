@@ -1,21 +1,26 @@
-"""How a simulation is shown (`tierflow simulate`): a text table, CSV files and a self-contained HTML page under
-<home>/simulations/. Same simulation, same bytes.
+"""How a simulation is shown (`tierflow simulate`): a text table, CSV files (the matrix, the entitlements, who
+moves) and a self-contained HTML page under <home>/simulations/. Same simulation, same bytes.
 """
 from __future__ import annotations
 
 import csv
-import html
 import io
 import re
 from pathlib import Path
 
+import plotly.graph_objects as go
+import polars as pl
+
 from transforms.core.calendar import Month
 from transforms.core.files import write_atomic
 from transforms.grade.rulepack import RulePack
+from transforms.report.pages import chart, heat_map, render
 from transforms.runs.simulate import Simulation
 
 TOTAL = "total"
-MIGRATION_CSV, ENTITLEMENTS_CSV, PAGE = "migration.csv", "entitlements.csv", "simulation.html"
+MIGRATION_CSV, ENTITLEMENTS_CSV, MOVERS_CSV, PAGE = ("migration.csv", "entitlements.csv", "movers.csv",
+                                                     "simulation.html")
+NO_REGION = "(none)"  # a subscriber whose snapshot row has no region
 
 
 def default_directory(home: Path, month: Month, pack: RulePack) -> Path:
@@ -74,53 +79,83 @@ def _aligned(rows: list[list]) -> list[str]:
 
 
 def html_page(sim: Simulation) -> str:
-    """One self-contained page (inline CSS, no script, no external asset): the matrix as a heat map."""
-    esc = html.escape
+    """One self-contained page (templates/simulation.html): the matrix as a plotly heat map and as a table
+    coloured by direction, the entitlements, the movers per region and a link to movers.csv beside the page."""
     header, rows = matrix_rows(sim)
-    peak = max([n for row in rows[:-1] for n in row[1:-1]] + [1])
     same_tiers = tuple(sim.official.tiers) == tuple(sim.candidate.tiers)
-    head = "".join(f"<th>{esc(c)}</th>" for c in header[1:])
-    body = []
+    regions = region_rows(sim, same_tiers)
+    return render("simulation.html", sim=sim, title=title(sim), migration_chart=migration_chart(sim),
+                  header=header, matrix=matrix_cells(sim, rows, header, same_tiers),
+                  entitlements=entitlement_rows(sim), regions=regions, region_chart=region_chart(regions, same_tiers),
+                  same_tiers=same_tiers, movers_file=MOVERS_CSV, colours=_COLOURS)
+
+
+def migration_chart(sim: Simulation):
+    counts = {(o, c): n for o, c, n in sim.migration.iter_rows()}
+    rows, columns = list(sim.official.tiers), list(sim.candidate.tiers)
+    figure = heat_map([[counts[o, c] for c in columns] for o in rows], [_named(sim.candidate, c) for c in columns],
+                      [_named(sim.official, o) for o in rows], "official %{y} → candidate %{x}: %{z}")
+    figure.update_layout(xaxis_title=f"candidate tier ({sim.candidate.name})",
+                         yaxis_title=f"official tier ({sim.official.name})")
+    return chart(figure, "chart-migration", height=460)
+
+
+def _named(pack: RulePack, tier: str) -> str:
+    label = pack.tier_labels.get(tier, tier)
+    return tier if label == tier else f"{label} {tier}"
+
+
+def matrix_cells(sim: Simulation, rows: list[list], header: list[str], same_tiers: bool) -> list[dict]:
+    """The matrix table: per cell its count, kind (cell, zero, total) and heat colour (by direction)."""
+    peak = max([n for row in rows[:-1] for n in row[1:-1]] + [1])
+    table = []
     for row in rows:
         cells = []
         for j, n in enumerate(row[1:]):
             total = row is rows[-1] or j == len(row) - 2
-            style = "" if total else _heat(n, peak, _direction(row[0], header[j + 1], sim, same_tiers))
-            kind = "total" if total else "cell" if n else "zero"
-            cells.append(f'<td class="{kind}"{style}>{n:,}</td>')
-        body.append(f"<tr><th>{esc(row[0])}</th>{''.join(cells)}</tr>")
-    ents = "".join(
-        f'<tr><th>{esc(n)}</th><td>{o:,}</td><td>{c:,}</td><td class="{_sign(d)}">{_signed(d)}</td></tr>'
-        for n, o, c, d in sim.entitlements.iter_rows()) or '<tr><td colspan="4">none</td></tr>'
-    notes = "".join(f"<p class=\"note\">{esc(n)}</p>" for n in sim.notes)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title(sim))}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: .3em .7em; text-align: right; }}
-th {{ background: #f4f4f4; }} tr th:first-child {{ text-align: left; }}
-td.total {{ font-weight: bold; background: #f4f4f4; }} td.zero {{ color: #bbb; }}
-.up {{ color: #1a7f37; }} .down {{ color: #c62828; }} .note {{ color: #8a5300; }}
-.legend span {{ padding: 0 .5em; margin-right: 1em; }}
-</style></head><body>
-<h1>Simulation of {esc(str(sim.month))}</h1>
-<p>{esc(title(sim))}.<br>{sim.subscribers:,} subscribers, {sim.moved:,} with another tier.</p>
-{notes}
-<h2>Migration: official tier (rows) &times; candidate tier (columns)</h2>
-<p class="legend"><span style="background:rgba(33,102,172,.5)">same tier</span>
-<span style="background:rgba(26,127,55,.5)">higher with the candidate</span>
-<span style="background:rgba(198,40,40,.5)">lower with the candidate</span>
-<span style="background:rgba(110,110,110,.5)">tiers of different packs</span></p>
-<table><tr><th>official \\ candidate</th>{head}</tr>
-{chr(10).join(body)}
-</table>
-<h2>Entitlements (subscribers holding each)</h2>
-<table><tr><th>entitlement</th><th>official</th><th>candidate</th><th>change</th></tr>
-{ents}
-</table>
-</body></html>
-"""
+            colour = "" if total or n == 0 else _heat(n, peak, _direction(row[0], header[j + 1], sim, same_tiers))
+            cells.append({"n": n, "kind": "total" if total else "cell" if n else "zero", "colour": colour})
+        table.append({"tier": row[0], "cells": cells})
+    return table
+
+
+def entitlement_rows(sim: Simulation) -> list[dict]:
+    return [{"name": n, "official": o, "candidate": c, "change": _signed(d), "sign": _sign(d)}
+            for n, o, c, d in sim.entitlements.iter_rows()]
+
+
+def region_rows(sim: Simulation, same_tiers: bool) -> list[dict]:
+    """Per region: subscribers, movers and, when both packs share their tiers, how many go higher or lower."""
+    higher = _higher_by_region(sim) if same_tiers else {}
+    rows = []
+    for region, subscribers, moved in sim.regions.iter_rows():
+        up = higher.get(region, 0)
+        rows.append({"region": region or NO_REGION, "subscribers": subscribers, "moved": moved,
+                     "higher": up, "lower": moved - up})
+    return rows
+
+
+def _higher_by_region(sim: Simulation) -> dict:
+    """Movers whose candidate tier ranks above their official one, per region (both packs share the tiers)."""
+    rank = {t: i for i, t in enumerate(sim.candidate.tiers)}
+    ranked = [pl.col(c).replace_strict(rank, return_dtype=pl.Int64) for c in ("candidate_tier", "official_tier")]
+    higher = sim.movers.filter(ranked[0] > ranked[1]).group_by("region_code").len()
+    return dict(higher.iter_rows())
+
+
+def region_chart(regions: list[dict], same_tiers: bool):
+    names = [r["region"] for r in regions]
+    bars = ([("higher with the candidate", "higher", "up"), ("lower with the candidate", "lower", "down")]
+            if same_tiers else [("another tier", "moved", "other")])
+    figure = go.Figure([go.Bar(name=name, x=names, y=[r[key] for r in regions],
+                               marker_color=f"rgb({_COLOURS[colour]})") for name, key, colour in bars])
+    figure.update_layout(barmode="stack", xaxis={"type": "category", "title": "region"},
+                         yaxis_title="subscribers with another tier")
+    return chart(figure, "chart-regions", height=340)
+
+
+def movers_csv(sim: Simulation) -> str:
+    return _csv([sim.movers.columns, *sim.movers.iter_rows()])
 
 
 _COLOURS = {"same": "33,102,172", "up": "26,127,55", "down": "198,40,40", "other": "110,110,110"}
@@ -136,9 +171,7 @@ def _direction(official_tier: str, candidate_tier: str, sim: Simulation, same_ti
 
 
 def _heat(n: int, peak: int, direction: str) -> str:
-    if n == 0:
-        return ""
-    return f' style="background:rgba({_COLOURS[direction]},{0.15 + 0.75 * n / peak:.3f})"'
+    return f"rgba({_COLOURS[direction]},{0.15 + 0.75 * n / peak:.3f})"
 
 
 def _signed(change: int) -> str:
@@ -150,7 +183,7 @@ def _sign(change: int) -> str:
 
 
 def write_simulation(sim: Simulation, directory: Path) -> list[Path]:
-    """Writes migration.csv, entitlements.csv and simulation.html (each atomically)."""
+    """Writes migration.csv, entitlements.csv, movers.csv and simulation.html (each atomically)."""
     return [write_atomic(directory / name, text.encode("utf-8"), "report")
             for name, text in ((MIGRATION_CSV, migration_csv(sim)), (ENTITLEMENTS_CSV, entitlements_csv(sim)),
-                               (PAGE, html_page(sim)))]
+                               (MOVERS_CSV, movers_csv(sim)), (PAGE, html_page(sim)))]

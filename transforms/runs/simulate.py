@@ -34,6 +34,8 @@ class Simulation:
     migration: pl.DataFrame     # official_tier, candidate_tier, subscribers: every pair of tiers, in tier order
     entitlements: pl.DataFrame  # entitlement, official, candidate, change
     notes: tuple[str, ...]
+    movers: pl.DataFrame        # subs_id, region_code, official_tier, candidate_tier: who gets another tier
+    regions: pl.DataFrame       # region_code, subscribers, moved: per region of S(M), by region_code
 
     @property
     def subscribers(self) -> int:
@@ -111,6 +113,17 @@ def entitlement_table(official: dict[str, int], candidate: dict[str, int]) -> pl
 
 # --- migration -------------------------------------------------------------------------------------------------
 
+def movers_and_regions(pairs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """From (subs_id, region_code, official_tier, candidate_tier) per subscriber: those whose tier differs, by
+    subs_id, and the subscribers and movers of each region (a subscriber without region last)."""
+    moved = pl.col("official_tier") != pl.col("candidate_tier")
+    movers = pairs.filter(moved).sort("subs_id")
+    regions = (pairs.group_by("region_code").agg(pl.len().cast(pl.Int64).alias("subscribers"),
+                                                 moved.sum().cast(pl.Int64).alias("moved"))
+               .sort("region_code", nulls_last=True))
+    return movers, regions
+
+
 def migration_matrix(pairs: pl.DataFrame, official_tiers, candidate_tiers) -> pl.DataFrame:
     """Counts of (official_tier, candidate_tier) for every pair of tiers, zeros included, in tier order."""
     counts = pairs.group_by("official_tier", "candidate_tier").len("subscribers")
@@ -133,9 +146,10 @@ def simulate(con: duckdb.DuckDBPyConnection, month: Month, candidate: RulePack, 
     overrides, notes = usable_overrides(candidate, inputs.active_overrides(con, month))
     ours = grade(candidate, GradingInputs(month, metrics, overrides, inputs.tier_spells(con, month),
                                           inputs.assignment_of(con, month - 1)), official).assignment
-    pairs = theirs.join(ours, on="subs_id", how="inner", suffix="_candidate", validate="1:1")
-    migration = migration_matrix(pairs.select(pl.col("tier").alias("official_tier"),
-                                              pl.col("tier_candidate").alias("candidate_tier")),
-                                 official.tiers, candidate.tiers)
+    pairs = (theirs.join(ours, on="subs_id", how="inner", suffix="_candidate", validate="1:1")
+             .join(metrics.select("subs_id", "region_code"), on="subs_id", how="left", validate="1:1")
+             .select("subs_id", "region_code", official_tier="tier", candidate_tier="tier_candidate"))
+    migration = migration_matrix(pairs, official.tiers, candidate.tiers)
     entitlements_held = entitlement_table(entitlement_counts(official, theirs), entitlement_counts(candidate, ours))
-    return Simulation(month, candidate, official, migration, entitlements_held, tuple(notes))
+    movers, regions = movers_and_regions(pairs)
+    return Simulation(month, candidate, official, migration, entitlements_held, tuple(notes), movers, regions)
