@@ -205,7 +205,10 @@ def cmd_demo(args, home: Path) -> int:
     args.start, args.end, args.rules, args.dry_run = str(DEMO_START), str(end), None, False
     cmd_backfill(args, home)
     print()
-    return cmd_status(args, home)
+    cmd_status(args, home)
+    from transforms.report.monthly_page import default_report_path
+    print(f"\nreport of {end}: {default_report_path(home, end)}")
+    return 0
 
 
 def cmd_report(args, home: Path) -> int:

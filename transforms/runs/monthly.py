@@ -9,8 +9,8 @@ The steps, in order (each timed for ops.run_ledger):
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
                   sets of a regrade, recorded as told
   gate 3, gate 4  outputs, then the circuit breaker
-and, in the same transaction, the effects it owes (transforms.runs.owed): its channel files and the
-publication, delivered once it has committed. A failed gate raises GateFailed and leaves the warehouse as it
+and, in the same transaction, the effects it owes (transforms.runs.owed): its channel files, the publication
+and the month's report, delivered once it has committed. A failed gate raises GateFailed and leaves the warehouse as it
 was.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from transforms.grade.points import apply_points_month
 from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
-from transforms.runs.owed import PUBLISH, owe, owe_files
+from transforms.runs.owed import PUBLISH, REPORT, owe, owe_files
 from transforms.runs.month_state import (MonthlyError, check_ordering, record_month_state, require_bill,
                                          window_complete)
 from transforms.warehouse import inputs
@@ -107,6 +107,8 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
         result.points, result.checks = points, checks
         owe_files(con, result.files, run_id)
         owe(con, PUBLISH, "", run_id)
+        if gradable:
+            owe(con, REPORT, str(month), run_id)
         record_month_state(con, month, pack, gradable, run_id)
     result.timings = steps.as_dict()
     return result
