@@ -147,7 +147,7 @@ def run() -> None:
 def cmd_generate(args, home: Path) -> int:
     from transforms.synth.generate import generate_province
     summary = generate_province(home, args.subscribers, Month.parse(args.start), args.months, args.seed,
-                                progress=lambda line: print(line, file=sys.stderr, flush=True))
+                                progress=lambda line: print(line, flush=True))
     print(f"wrote {summary['files']} files for {summary['subscribers']:,} subscribers x {summary['months']} "
           f"months into {summary['landing']}")
     return 0
@@ -225,9 +225,9 @@ def cmd_serve(args, home: Path) -> int:
     schedules = Schedules(args.nightly_cron or defaults.nightly_cron, args.monthly_cron or defaults.monthly_cron,
                           args.timezone or defaults.timezone)
     print(f"serving {home}: nightly `{schedules.nightly_cron}`, monthly `{schedules.monthly_cron}` "
-          f"({schedules.timezone}); Ctrl-C or SIGTERM stops after the run in progress", file=sys.stderr, flush=True)
-    serve(home, schedules, on_ready=lambda: print("serve: ready", file=sys.stderr, flush=True))
-    print("serve: stopped", file=sys.stderr, flush=True)
+          f"({schedules.timezone}); Ctrl-C or SIGTERM stops after the run in progress", flush=True)
+    serve(home, schedules, on_ready=lambda: print("serve: ready", flush=True))
+    print("serve: stopped", flush=True)
     return 0
 
 

@@ -8,7 +8,6 @@ warehouse itself, so tasks can run in other processes and only one of them write
 """
 from __future__ import annotations
 
-import sys
 from functools import cache
 from datetime import date, datetime
 from pathlib import Path
@@ -41,7 +40,8 @@ class RunFailed(Exception):
 
 
 def progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """Progress of a long run, on stdout: stderr holds only a failure's cause, so it comes first there."""
+    print(line, flush=True)
 
 
 def resolve_pack(rules: str | None, month: Month | None = None) -> RulePack:

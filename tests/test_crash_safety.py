@@ -36,13 +36,13 @@ def digest(path: Path) -> str:
 
 def start_backfill(home: Path, env: dict, end: str = "2025-08") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
-                             "2025-01", "--end", end], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             "2025-01", "--end", end], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).resolve().parent.parent)
 
 
 def kill_when(proc: subprocess.Popen, marker: str) -> str:
     """SIGKILLs the run as soon as it prints a line containing marker; returns that line."""
-    for line in proc.stderr:
+    for line in proc.stdout:  # progress goes to stdout
         if marker in line:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

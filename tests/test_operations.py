@@ -10,7 +10,8 @@ each month's end; June 2026 is the first graded month (BILL 2026-01..06), then J
     D4   3000 a month -> STAR2, never changes
     F6  10000 a month -> STAR3; their July snapshot line has 14 fields: quarantined, version carried forward
     G7  10000 a month -> STAR3; an override naming tier STAR9 (not in six-star) is quarantined, July grades
-    X.. 60 fillers at 10000 -> STAR3: they keep the breaker and the month-over-month totals quiet
+    X.. 100 fillers at 10000 -> STAR3: they keep the breaker, the month-over-month totals and the ACCT
+        quarantine share (1 bad line in 106, under 1%) quiet
 
 A corrected BILL_202607 arrives on 2026-08-20, after July was graded: A1 spent 10000 (no change any more: a
 REVERSAL of the UPGRADE sent) and B2 130000 (sum6 50000 + 130000 = 180000 -> STAR5, exactly the line).
@@ -32,7 +33,7 @@ from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
 JAN, JUN, JUL = Month(2026, 1), Month(2026, 6), Month(2026, 7)
-FILLERS = [f"X{n}" for n in range(10, 70)]
+FILLERS = [f"X{n}" for n in range(10, 110)]
 
 
 def build(home: Path) -> None:
@@ -170,4 +171,4 @@ def test_the_nightly_run_that_loads_bill_m_grades_m(tmp_path, prefect_harness):
     assert query(home, "SELECT strftime(month, '%Y-%m'), graded FROM ops.month_state ORDER BY 1")[-1] == (
         "2026-06", True)
     summary = nightly_flow(str(home), "2026-08-03")  # BILL_202607 arrives: July is graded by the nightly run
-    assert summary["graded"] == ["2026-07: graded 66 subscribers (LOST 1, UPGRADE 1)"]
+    assert summary["graded"] == ["2026-07: graded 106 subscribers (LOST 1, UPGRADE 1)"]

@@ -173,11 +173,12 @@ def _record_superseded(con, home, delivery: Delivery, run_id: str, why: str,
                        on_record: OnRecord | None) -> IngestResult:
     seen = scalar(con, "SELECT count(*) FROM ops.delivery WHERE file_name = ? AND day = ?",
                   [delivery.name.file_name, delivery.day])
-    if not seen:
-        with transaction(con, "ingest"):
-            _insert_delivery(con, home, delivery, None, None, 0, 0, 0, "SUPERSEDED", why, run_id)
-            if on_record:
-                on_record(con, delivery, "SUPERSEDED")
+    if seen:
+        return IngestResult(delivery.name.file_name, delivery.day, "UNCHANGED", reason=why)
+    with transaction(con, "ingest"):
+        _insert_delivery(con, home, delivery, None, None, 0, 0, 0, "SUPERSEDED", why, run_id)
+        if on_record:
+            on_record(con, delivery, "SUPERSEDED")
     return IngestResult(delivery.name.file_name, delivery.day, "SUPERSEDED", reason=why)
 
 
