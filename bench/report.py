@@ -161,6 +161,29 @@ def breakdown_table(measurements: list[dict]) -> list[str]:
     return _table(["seconds (median, min..max)"] + [f"`{k}`" for k in keys_present], rows)
 
 
+def history_table(result: dict) -> list[str]:
+    """Month 36 against month 12: the two provinces differ in size (joiners outnumber leavers), so the ratio
+    is also shown per graded subscriber of S(M)."""
+    label = result["settings"]["label"]
+    long, short = result["provinces"].get(f"{label}-h36"), result["provinces"].get(label)
+    if not long or not rounds_of(result["measurements"], "monthly_server_h36"):
+        return []
+    rows, per_subscriber = [], {}
+    for name, info, key in (("12 months", short, "monthly_server"), ("36 months", long, "monthly_server_h36")):
+        wall = median(m["wall_s"] for m in rounds_of(result["measurements"], key))
+        graded = (info.get("sizes") or {}).get("subscribers_graded") or 0
+        per_subscriber[name] = wall / graded if graded else None
+        rows.append([name, info["month"], f"{graded:,}", f"{(info.get('sizes') or {}).get('bill_lines') or 0:,}",
+                     f"{wall:.1f}", _num(per_subscriber[name] and per_subscriber[name] * 1e6, 1)])
+    ratio = (per_subscriber["36 months"] / per_subscriber["12 months"]
+             if per_subscriber["36 months"] and per_subscriber["12 months"] else None)
+    return (["", "History stored: month 36 against month 12 (target: within 10%)", ""]
+            + _table(["history", "month M", "graded in S(M)", "BILL_M lines", "monthly wall s (median)",
+                      "µs per graded subscriber"], rows)
+            + ["", f"Per graded subscriber, 36 months ÷ 12 months: {_num(ratio, 2)} "
+                   "(ratio of medians; the per-round ratio of the wall times is in the table above)."])
+
+
 def agreement_table(agreement: list[dict]) -> list[str]:
     grouped: dict[tuple, list[dict]] = {}
     for a in agreement:
@@ -263,7 +286,7 @@ def markdown(result: dict, root: Path) -> str:
               "and the processes it waited for, e.g. the temporary Prefect server; RSS is the largest single "
               "process). Server CPU: what the benchmark's Prefect server spent during the run (not in CPU).", ""]
     lines += ["### Ratios", ""] + ratios_table(measurements, s["label"], harness_check) + [""]
-    lines += absolute_table(measurements, s["label"], harness_check)
+    lines += absolute_table(measurements, s["label"], harness_check) + history_table(result)
     lines += ["", "### Ingest (from ops.run_ledger of the run)", ""] + ingest_table(measurements)
     lines += ["", "### Where the time goes (ops.run_ledger timings of the run's rows)", ""]
     lines += breakdown_table(measurements)
@@ -293,7 +316,38 @@ def write_results(result: dict, results_dir: Path, benchmarks_md: Path, update_b
     if update_benchmarks_md:
         shown = json_path.relative_to(root) if json_path.is_relative_to(root) else json_path
         replace_section(benchmarks_md, result["settings"]["label"], text + f"\nRaw figures: `{shown}`.\n")
+        growth = growth_markdown(results_dir)
+        if growth:
+            replace_section(benchmarks_md, "growth", growth)
     return markdown_path, json_path
+
+
+def _latest_result(results_dir: Path, label: str) -> dict | None:
+    found = sorted(results_dir.glob(f"{label}-*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(found[-1].read_text()) if found else None
+
+
+def growth_markdown(results_dir: Path, small_label: str = "1m", large_label: str = "10m") -> str | None:
+    """How the runs grow from 1M to 10M (performance.md: linear in subscribers), from the latest result of
+    each size; they come from two invocations, so these are absolute times, not side-by-side ratios."""
+    small, large = _latest_result(results_dir, small_label), _latest_result(results_dir, large_label)
+    if not small or not large:
+        return None
+    factor = large["settings"]["subscribers"] / small["settings"]["subscribers"]
+    rows = []
+    for key, _ in RUNS:
+        a, b = rounds_of(small["measurements"], key), rounds_of(large["measurements"], key)
+        if a and b:
+            wall_a, wall_b = median(m["wall_s"] for m in a), median(m["wall_s"] for m in b)
+            cpu_a, cpu_b = median(m["cpu_s"] for m in a), median(m["cpu_s"] for m in b)
+            rows.append([f"`{key}`", f"{wall_a:.1f}", f"{wall_b:.1f}", f"{wall_b / wall_a:.2f}",
+                         f"{cpu_b / cpu_a:.2f}"])
+    header = [f"## Growth from {small_label} ({small['machine']['date'][:10]}) to {large_label} "
+              f"({large['machine']['date'][:10]})", "",
+              f"Subscribers ×{factor:.0f}: linear growth would be ×{factor:.0f}. Medians of each result; two "
+              "invocations, so compare with the load averages of both sections.", ""]
+    table = _table(["run", f"wall s {small_label}", f"wall s {large_label}", "wall ×", "CPU ×"], rows)
+    return "\n".join(header + table) + "\n"
 
 
 def replace_section(path: Path, label: str, text: str) -> None:
