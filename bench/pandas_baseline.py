@@ -7,6 +7,8 @@ pandas through DuckDB. Simple filters go to SQL, as an analyst would write them;
 """
 from __future__ import annotations
 
+from datetime import date
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -44,9 +46,10 @@ def twoway_suspensions(con, month: GradingMonth) -> pd.Series:
 
 
 def prior_year_points(con, month: GradingMonth) -> pd.Series:
-    lots = con.execute("SELECT subs_id, earn_month, earned FROM staging.points_lot").df()
-    last_year = lots[pd.to_datetime(lots["earn_month"]).dt.year == month.year - 1]
-    return last_year.groupby("subs_id")["earned"].sum().rename("prior_year_points")
+    """Points earned (accruals only) in the calendar year before M's."""
+    lots = con.execute("SELECT subs_id, earned FROM staging.points_lot WHERE earn_month >= ? AND earn_month < ?",
+                       [date(month.year - 1, 1, 1), date(month.year, 1, 1)]).df()
+    return lots.groupby("subs_id")["earned"].sum().rename("prior_year_points")
 
 
 def active_overrides(con, month: GradingMonth) -> pd.Series:

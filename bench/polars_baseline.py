@@ -6,6 +6,8 @@ through DuckDB into Polars (Arrow). Simple filters go to SQL; everything else is
 """
 from __future__ import annotations
 
+from datetime import date
+
 import duckdb
 import polars as pl
 
@@ -46,9 +48,10 @@ def twoway_suspensions(con, month: GradingMonth) -> pl.DataFrame:
 
 
 def prior_year_points(con, month: GradingMonth) -> pl.DataFrame:
-    lots = query(con, "SELECT subs_id, earn_month, earned FROM staging.points_lot", [])
-    return (lots.filter(pl.col("earn_month").dt.year() == month.year - 1)
-            .group_by("subs_id").agg(pl.col("earned").sum().alias("prior_year_points")))
+    """Points earned (accruals only) in the calendar year before M's."""
+    lots = query(con, "SELECT subs_id, earned FROM staging.points_lot WHERE earn_month >= ? AND earn_month < ?",
+                 [date(month.year - 1, 1, 1), date(month.year, 1, 1)])
+    return lots.group_by("subs_id").agg(pl.col("earned").sum().alias("prior_year_points"))
 
 
 def active_overrides(con, month: GradingMonth) -> pl.DataFrame:

@@ -37,7 +37,11 @@ class PrefectServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def __enter__(self) -> "PrefectServer":
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # interrupted or failed while starting: __exit__ will not run, stop it here
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
