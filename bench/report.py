@@ -259,7 +259,15 @@ def _load(values) -> str:
 
 
 def commands_lines(result: dict, root: Path) -> list[str]:
-    seen, lines = set(), [f"    {result['settings']['command']}", ""]
+    """The benchmark's command, then each command it ran (round 1), the province's preparation included even
+    when it was reused from an earlier invocation."""
+    lines = [f"    {result['settings']['command']}", ""]
+    for label, info in result["provinces"].items():
+        for step, argv in info.get("commands", {}).items():
+            reused = " (reused this time)" if info.get(step, {}).get("reused") else ""
+            server = "PREFECT_API_URL=http://127.0.0.1:<port>/api " if step == "backfill" else ""
+            lines.append(f"    # {step} {label}{reused}\n    {server}" + " ".join(argv).replace(str(root) + "/", ""))
+    seen = {f"{step}-{label}" for label in result["provinces"] for step in ("generate", "backfill")}
     for m in result["measurements"]:
         if m["key"] not in seen:
             seen.add(m["key"])

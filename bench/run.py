@@ -144,9 +144,17 @@ class Bench:
         info = {"home": str(p.home), "months": p.months, "month": str(p.month)}
         info["generate"] = self.ensure_province(p)
         info["backfill"] = self.ensure_pristine(p)
+        info["commands"] = {"generate": self.generate_argv(p), "backfill": self.backfill_argv(p)}
         info["landing_bytes"] = homes.du_bytes(p.home / "landing")
         self.ensure_inputs(p)
         self.provinces[p.label] = info
+
+    def generate_argv(self, p: Province) -> list[str]:
+        return self.tierflow("generate", "--home", str(p.home), "--subscribers", str(p.subscribers),
+                             "--start", str(START), "--months", str(p.months), "--seed", str(SEED))
+
+    def backfill_argv(self, p: Province) -> list[str]:
+        return self.tierflow("backfill", "--home", str(p.home), "--start", str(START), "--end", str(p.previous))
 
     def ensure_province(self, p: Province) -> dict:
         marker_path = homes.bench_dir(p.home) / "province.json"
@@ -163,9 +171,7 @@ class Bench:
             shutil.rmtree(p.home)
         p.home.mkdir(parents=True)
         progress(f"{p.label}: generating {p.subscribers:,} subscribers x {p.months} months into {p.home}")
-        m = self.measure(f"generate-{p.label}", 0, self.tierflow(
-            "generate", "--home", str(p.home), "--subscribers", str(p.subscribers), "--start", str(START),
-            "--months", str(p.months), "--seed", str(SEED)), self.base_env)
+        m = self.measure(f"generate-{p.label}", 0, self.generate_argv(p), self.base_env)
         marker = {"params": p.params(), "measurement": m.as_dict(), "measured_at": time.strftime("%Y-%m-%d %H:%M")}
         homes.write_marker(marker_path, marker)
         return marker | {"reused": False}
@@ -180,8 +186,7 @@ class Bench:
             return saved | {"reused": True}
         progress(f"{p.label}: backfilling {START}..{p.previous} (measured: the backfill)")
         homes.clear_state(p.home)
-        m = self.measure(f"backfill-{p.label}", 0, self.tierflow(
-            "backfill", "--home", str(p.home), "--start", str(START), "--end", str(p.previous)), self.server_env())
+        m = self.measure(f"backfill-{p.label}", 0, self.backfill_argv(p), self.server_env())
         info = {"pipeline": pipeline, "params": p.params(), "state_id": uuid.uuid4().hex,
                 "measurement": m.as_dict(), "measured_at": time.strftime("%Y-%m-%d %H:%M"),
                 "ledger": ledger.breakdown(ledger.new_runs(p.home, set()), m.wall_s)}
