@@ -82,30 +82,38 @@ def recover(home: str) -> dict:
 
 @task(name="deliver")
 def deliver(home: str) -> dict:
-    """Delivers what the run's commits owe: channel files, then the analysts' copy."""
+    """Delivers what the run's commits owe: channel files, then the analysts' copy and the reports."""
     con = connect(Path(home))
     try:
-        return deliver_owed(con, Path(home))
+        run_id = start_run(con, "deliver", f"{date.today():%Y-%m-%d}")
+        with failing_closes(con, run_id):
+            started = datetime.now()
+            delivered = deliver_owed(con, Path(home))
+            finish_run(con, run_id, "SUCCESS", "", output_files=delivered["files"], checks=delivered,
+                       timings={"seconds": round((datetime.now() - started).total_seconds(), 3)})
+        return delivered
     finally:
         con.close()
 
 
 @task(name="ingest-deliveries")
-def ingest_deliveries(home: str, up_to: date | None = None, only_day: date | None = None,
-                      only_files: tuple[str, ...] = (),
+def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[date, tuple[str, ...]], ...] = (),
                       max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE) -> dict:
-    """Loads every delivered file (up to a day, or of one day, or only the named files of that day) not loaded
-    yet, in delivery order."""
-    scan = scan_landing(Path(home), up_to=only_day or up_to)
-    deliveries = [d for d in scan.delivered if (only_day is None or d.day == only_day)
-                  and (not only_files or d.name.file_name in only_files)]
+    """Loads every delivered file not loaded yet, in delivery order: up to a day, or of the given days (with
+    the named files of a day only, when it names any)."""
+    wanted = dict(days)
+    scan = scan_landing(Path(home), up_to=max(wanted) if wanted else up_to)
+    deliveries = [d for d in scan.delivered if not wanted or (d.day in wanted and (
+        not wanted[d.day] or d.name.file_name in wanted[d.day]))]
     con = connect(Path(home))
     try:
-        run_id = start_run(con, "ingest", f"{(only_day or up_to or date.today()):%Y-%m-%d}")
+        period = max(wanted) if wanted else (up_to or date.today())
+        run_id = start_run(con, "ingest", f"{period:%Y-%m-%d}")
         with failing_closes(con, run_id):
             started = datetime.now()
-            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(), cache(_default_pack_in_force),
-                                     max_quarantine_share, quality_dir(Path(home), run_id))
+            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(),
+                                     cache(_default_pack_in_force), max_quarantine_share,
+                                     quality_dir(Path(home), run_id))
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
                 progress(f"  {r.line()}")
@@ -280,17 +288,34 @@ def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry
 
 
 def _run_steps(home: str, steps: list, rules: str | None) -> list[str]:
+    """The plan in order: the days between two monthly runs are loaded by one task (each file still its own
+    transaction, in delivery order); before each month's run, the earlier months a re-delivery made stale."""
     months = [s.month for s in steps if s.kind == "monthly"]
-    lines = []
+    lines, days = [], []
     for n, step in enumerate(steps, 1):
         if step.kind == "ingest":
-            ingest_deliveries(home, only_day=step.day, only_files=step.files)
+            days.append((step.day, step.files))
             continue
-        # Every month up to this one, in order: a re-delivery ingested since may have made earlier ones stale.
-        upto = months if step.kind == "regrade" else months[:months.index(step.month) + 1]
-        for month in upto:
-            line = grade_month(home, str(month), rules, only_if_stale=True)
-            if month == step.month or not line.endswith("up to date"):
-                progress(f"[{n}/{len(steps)}] {line}")
-                lines.append(line)
+        if days:
+            ingest_deliveries(home, days=tuple(days))
+            days = []
+        earlier = months if step.kind == "regrade" else months[:months.index(step.month)]
+        due = stale_among(home, [str(m) for m in earlier], rules) + ([str(step.month)] if step.month else [])
+        for month in due:
+            line = grade_month(home, month, rules, only_if_stale=True)
+            progress(f"[{n}/{len(steps)}] {line}")
+            lines.append(line)
+    if days:
+        ingest_deliveries(home, days=tuple(days))
     return lines
+
+
+@task(name="stale-months")
+def stale_among(home: str, months: list[str], rules: str | None = None) -> list[str]:
+    """The given months, in order, that are not current (a re-delivery or a pack change made them stale)."""
+    con = connect(Path(home), read_only=True)
+    try:
+        return [m for m in months if (pack := _pack_in_force(rules, Month.parse(m))) is not None
+                and not is_current(con, Month.parse(m), pack.version)]
+    finally:
+        con.close()

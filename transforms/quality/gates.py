@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 
 from transforms.core.calendar import Month
-from transforms.ingest.layouts import BILL_ITEMS, BRANDS, STATUSES, SUBS_TYPES, SUSP_TYPES
+from transforms.ingest.layouts import BILL_ITEMS, BRANDS, STATUSES, SUBS_TYPES, SUSP_TYPES, parse_extract_name
 from transforms.quality.suites import GateFailed, GateResult, plain, run_suite
 from transforms.warehouse.db import first_row, scalar, snapshot_date_for
 
@@ -141,7 +141,8 @@ def gate_raw_file(con: duckdb.DuckDBPyConnection, file_name: str, results_dir: P
     loaded, and for the loaded records enums within their sets, unique non-null keys, dates in range.
     Results go to results_dir/raw_file_<FILE>.json."""
     frame, params = raw_file_frame(con, file_name)
-    return run_suite("raw_file", frame, params, results_dir, f"raw_file_{Path(file_name).stem}")
+    return run_suite("raw_file", frame, params, results_dir, f"raw_file_{Path(file_name).stem}",
+                     variant=parse_extract_name(file_name).kind)
 
 
 # --- gate 2: grading inputs ------------------------------------------------------------------------------------

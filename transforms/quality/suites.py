@@ -146,6 +146,7 @@ class _Prepared:
     meta: dict
     batch_definition: object    # GE batch definition of the suite's dataframe asset
     suite: object               # GE ExpectationSuite, in the context
+    columns: tuple[str, ...]    # the frame columns it reads (the others are left out: GE copies whole frames)
 
 
 _prepared_suites: dict[str, _Prepared] = {}
@@ -166,25 +167,43 @@ def _ge():
     return gx, context, context.data_sources.add_pandas("tierflow")
 
 
-def _prepared(suite_name: str) -> _Prepared:
-    """The suite in the context, built on first use and again whenever its JSON changed."""
+def _prepared(suite_name: str, variant: str | None = None) -> _Prepared:
+    """The suite (or its variant) in the context, built on first use and again whenever its JSON changed."""
     text = suite_path(suite_name).read_text(encoding="utf-8")
-    cached = _prepared_suites.get(suite_name)
+    key = suite_name if variant is None else f"{suite_name}__{variant}"
+    cached = _prepared_suites.get(key)
     if cached and cached.text == text:
         return cached
-    spec = _parse_suite(suite_name, text)
+    spec = _variant(_parse_suite(suite_name, text), variant)
     gx, context, source = _ge()
     expectations = _expectations(suite_name, spec)
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=suite_name, expectations=expectations,
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=key, expectations=expectations,
                                                              meta=spec.get("meta", {})))
     # The context rebuilds the suite from its store, and GE's ExpectationSuite drops what it cannot build.
     if len(suite.expectations) != len(spec["expectations"]):
         raise ValueError(f"suite {suite_name}: GE kept {len(suite.expectations)} of its "
                          f"{len(spec['expectations'])} expectations")
     batch_definition = (cached.batch_definition if cached else
-                        source.add_dataframe_asset(suite_name).add_batch_definition_whole_dataframe("whole"))
-    _prepared_suites[suite_name] = _Prepared(text, spec.get("meta", {}), batch_definition, suite)
-    return _prepared_suites[suite_name]
+                        source.add_dataframe_asset(key).add_batch_definition_whole_dataframe("whole"))
+    _prepared_suites[key] = _Prepared(text, spec.get("meta", {}), batch_definition, suite,
+                                      _columns(spec))
+    return _prepared_suites[key]
+
+
+def _variant(spec: dict, variant: str | None) -> dict:
+    """The expectations that apply to a variant: those whose meta.applies_to lists it, and those without one."""
+    if variant is None:
+        return spec
+    kept = [e for e in spec["expectations"] if variant in e.get("meta", {}).get("applies_to", [variant])]
+    return {**spec, "expectations": kept}
+
+
+def _columns(spec: dict) -> tuple[str, ...]:
+    """The frame columns a suite reads: its expectations' columns and the meta's row label and weight."""
+    names = [e["kwargs"][k] for e in spec["expectations"] for k in ("column", "column_A", "column_B")
+             if k in e["kwargs"]]
+    names += [spec.get("meta", {}).get(k) for k in ("row_label", "row_weight")]
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 def _expectations(suite_name: str, spec: dict) -> list:
@@ -213,16 +232,16 @@ def _require_params(suite_name: str, suite, params: Mapping) -> None:
 # --- running a suite -------------------------------------------------------------------------------------------
 
 def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir: Path | None = None,
-              result_name: str | None = None) -> GateResult:
+              result_name: str | None = None, variant: str | None = None) -> GateResult:
     """Validates one frame with one suite, its $PARAMETERs taken from `params`; writes GE's validation result
     to results_dir/<result_name or suite_name>.json when results_dir is given (volatile fields removed: same
     inputs, same file)."""
     if result_name is not None and not _RESULT_NAME.match(result_name):
         raise ValueError(f"invalid result name {result_name!r}")
     with _ge_lock:
-        prepared = _prepared(suite_name)
+        prepared = _prepared(suite_name, variant)
         _require_params(suite_name, prepared.suite, params)
-        frame = frame.reset_index(drop=True)  # GE's unexpected indexes are positions
+        frame = frame[[c for c in prepared.columns if c in frame.columns]].reset_index(drop=True)  # positions
         batch = prepared.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         # A gate nearly always passes: BOOLEAN_ONLY answers that in a third of the time. Only a failure is
         # validated again with COMPLETE: all unexpected row indexes, to weight counts (frames are aggregated).
