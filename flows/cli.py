@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[home], help="generate a small province, backfill it, print a summary")
     demo.add_argument("--subscribers", type=_positive, default=DEMO_SUBSCRIBERS)
+    demo.add_argument("--months", type=_positive, default=DEMO_MONTHS, help=f"months from {DEMO_START}")
+    demo.add_argument("--seed", type=int, default=0)
 
     gen = sub.add_parser("generate", parents=[home], help="write synthetic extracts into landing/")
     gen.add_argument("--subscribers", type=_positive, required=True)
@@ -199,8 +201,8 @@ def cmd_status(args, home: Path) -> int:
 def cmd_demo(args, home: Path) -> int:
     if (home / "landing").exists() and any((home / "landing").iterdir()):
         raise ValueError(f"{home} already has a landing area: the demo needs an empty --home")
-    end = DEMO_START + (DEMO_MONTHS - 1)
-    args.start, args.months, args.seed = str(DEMO_START), DEMO_MONTHS, 0
+    end = DEMO_START + (args.months - 1)
+    args.start = str(DEMO_START)
     cmd_generate(args, home)
     args.start, args.end, args.rules, args.dry_run = str(DEMO_START), str(end), None, False
     cmd_backfill(args, home)

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
-from flows.serve import DEFAULT_TIMEZONE, ignore_interrupts_when_served
+from flows.serve import DEFAULT_TIMEZONE, prepare_served_run
 from transforms.core.calendar import Month, parse_day
 from transforms.core.files import remove_leftovers_under
 from transforms.deliver.channels import load_channels
@@ -219,14 +219,15 @@ def nightly_flow(home: str, day: str | None = None, timezone: str = DEFAULT_TIME
     """Ingests everything delivered up to a day (default: the day of the scheduled run); redemptions and
     suspensions are loaded here, the monthly run of their month applies them. A BILL_M loaded tonight grades M
     when M can be graded, so a month is graded without a person."""
-    ignore_interrupts_when_served()
+    prepare_served_run()
     day = day or f"{_today(timezone):%Y-%m-%d}"
     with writer_lock(Path(home), f"nightly {day}"):
         recover(home)
         summary = ingest_deliveries(home, up_to=parse_day(day))
-        bill_months = [str(Month.parse(parse_extract_name(f).period)) for f in summary["bills"]]
-        summary["graded"] = [grade_month(home, m, only_if_stale=True)
-                             for m in gradable_months(home, bill_months)]
+        bill_months = sorted(str(Month.parse(parse_extract_name(f).period)) for f in summary["bills"])
+        # in order, each checked once the one before is graded: one night may bring several months' BILLs
+        summary["graded"] = [grade_month(home, m, only_if_stale=True) for m in bill_months
+                             if gradable_months(home, [m])]
         deliver(home)
     for line in summary["graded"]:
         progress(line)
@@ -241,7 +242,7 @@ def monthly_flow(home: str, month: str | None = None, rules: str | None = None, 
     """Ingests pending deliveries, then grades the month (accept_reason: accept a tripped circuit breaker).
     Without a month (the scheduled run): the month before the run's day, after catching up every earlier month
     still open."""
-    ignore_interrupts_when_served()
+    prepare_served_run()
     target = Month.parse(month) if month else Month.of(_today(timezone)) - 1
     with writer_lock(Path(home), f"monthly {target}"):
         recover(home)
@@ -275,7 +276,7 @@ def _open_months(home: str, target: Month, rules: str | None) -> list[str]:
 def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry_run: bool = False) -> list[str]:
     """Every nightly and monthly run of the range in date order, then the range's late deliveries and a regrade of
     what they made stale; months already current are skipped, so running it twice changes nothing."""
-    ignore_interrupts_when_served()
+    prepare_served_run()
     resolve_pack(rules)  # fail before doing anything if the pack is unusable
     steps = plan_backfill(scan_landing(Path(home)), Month.parse(start), Month.parse(end))
     if dry_run:

@@ -8,8 +8,10 @@ cleanly: no new run is taken, the run in progress finishes first.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +100,15 @@ def _drain(runner) -> None:
         runner._loops_task_group.cancel_scope.cancel()
 
 
-def ignore_interrupts_when_served() -> None:
-    """A Ctrl-C in serve's terminal reaches the flow-run process too: served runs ignore it and finish (serve
-    itself stops taking runs)."""
+def prepare_served_run() -> None:
+    """In a flow-run process that serve started: a Ctrl-C in serve's terminal reaches it too, so it is ignored
+    (the run finishes, serve stops taking runs); and the native extensions' 'leaked' reports at interpreter exit
+    would land in serve's output, so stderr is closed once the run is over."""
     if os.environ.get(SERVED_ENV):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        atexit.register(_quiet_stderr)
+
+
+def _quiet_stderr() -> None:
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())

@@ -115,15 +115,14 @@ def test_an_outbox_that_cannot_be_written_fails_the_run_with_one_line_and_owes_t
                                                                                         cli_env):
     home = tmp_path / "home"
     shutil.copytree(june, home)
-    blocker = home / "outbox" / "sms" / "daily"
-    shutil.rmtree(blocker, ignore_errors=True)
-    blocker.write_text("not a folder")  # even root cannot create the day's folder below a file
+    blocker = home / "outbox" / "sms" / "daily" / "20260731"
+    blocker.write_text("not a folder")  # even root cannot write the night's file below a file
     failed = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
                              "2026-01", "--end", "2026-07"], env=cli_env, capture_output=True, text=True,
                             cwd=PROJECT)
     assert failed.returncode == 1
     first, hint = failed.stderr.splitlines()
-    assert first.startswith("tierflow backfill: error: ") and "daily" in first
+    assert first.startswith("tierflow backfill: error: ") and "20260731" in first
     assert hint == "  (set TIERFLOW_DEBUG=1 for the traceback)"
     con = connect(home, read_only=True)
     try:
