@@ -117,7 +117,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
                 progress(f"  {r.line()}")
-            problems = reconciliation_failures(con)
+            problems = reconciliation_failures(con, [r.file_name for r in changed if r.status == "LOADED"])
             if problems:
                 raise RunFailed(f"reconciliation failed: {problems[0]}")
             deliver_owed(con, Path(home), publishing=False)  # the nightly notices of the snapshots loaded

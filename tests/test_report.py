@@ -92,6 +92,10 @@ def with_downgrade_risk(home: Path, folder: Path) -> Path:
     shutil.copy(published_path(home), target)
     con = duckdb.connect(str(target))
     try:
+        # the published tables are views over Parquet files: this copy holds the tier rows as its own table
+        con.execute("CREATE TABLE mart.assigned AS SELECT * FROM mart.tier_assignment")
+        con.execute("DROP VIEW mart.tier_assignment")
+        con.execute("ALTER TABLE mart.assigned RENAME TO tier_assignment")
         con.execute("""UPDATE mart.tier_assignment SET tags = list_append(tags, 'DOWNGRADE_RISK')
                        WHERE grade_month = ? AND subs_id IN ('A', 'E', 'J')""", [JUL.first_day])
         con.execute("UPDATE mart.tier_assignment SET region_code = '4111' WHERE grade_month = ? AND subs_id = 'E'",

@@ -13,8 +13,8 @@ import sys
 FAULT_ENV = "TIERFLOW_FAULT"
 KILLED_EXIT_CODE = 137  # what a shell reports for kill -9
 
-_UNITS = ("ingest", "monthly", "owed")
-_FILES = ("outbox", "report", "results", "landing")
+_UNITS = ("ingest", "monthly", "owed", "publish")
+_FILES = ("outbox", "report", "results", "published", "landing")
 POINTS = tuple(
     [f"{when}-commit:{unit}" for unit in _UNITS for when in ("before", "after")]
     + [f"{when}-rename:{kind}" for kind in _FILES for when in ("before", "after")]

@@ -67,13 +67,15 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     that the run's own rules refuse (an override naming a tier its pack does not have)."""
     name = delivery.name
     current = first_row(
-        con, "SELECT day, md5, status FROM ops.delivery WHERE file_name = ? AND status IN ('LOADED', 'REJECTED') "
-        "ORDER BY day DESC LIMIT 1", [name.file_name])
+        con, "SELECT day, md5, status, byte_size FROM ops.delivery WHERE file_name = ? "
+        "AND status IN ('LOADED', 'REJECTED') ORDER BY day DESC LIMIT 1", [name.file_name])
     if current is not None and current[0] > delivery.day:
         return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use",
                                   on_record)
     try:
         control = read_control(delivery.chk_path)
+        if _seen_before(delivery, control, current):
+            return IngestResult(name.file_name, delivery.day, "UNCHANGED")
         md5 = verify_control(delivery.dat_path, control)
     except FileRejected as rejected:
         if current is not None and current[0] == delivery.day and current[2] == "REJECTED" and current[1] is None:
@@ -99,6 +101,14 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
         return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
                        on_record, control, md5, parsed)
     return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans, carried_forward=carried)
+
+
+def _seen_before(delivery: Delivery, control, current) -> bool:
+    """This very delivery was verified and recorded before: same day, its control file names the MD5 and size
+    recorded then, and the file still has that size. A delivery is known by its control file, so a nightly run
+    with nothing new reads no file whole (a sender replacing a file delivers a new control file with it)."""
+    return (current is not None and current[0] == delivery.day and current[1] == control.md5
+            and current[3] == control.byte_size == delivery.dat_path.stat().st_size)
 
 
 def _quarantined_too(parsed: ParsedFile, refused: pl.DataFrame, delivery: Delivery, encoding: str) -> ParsedFile:
@@ -325,19 +335,24 @@ def _line_subs_ids(quarantine: pl.DataFrame) -> pl.DataFrame:
             .select(subs_id=pl.col("raw_text").str.split("|").list.first()).unique())
 
 
-def reconciliation_failures(con) -> list[str]:
-    """loaded + quarantined = record_count for every file in use, and raw rows match `loaded`."""
+def reconciliation_failures(con, files: list[str] | None = None) -> list[str]:
+    """loaded + quarantined = record_count, and raw rows match `loaded`, for every file in use (or only the given
+    ones: a run checks what it loaded, `status` everything)."""
+    if files is not None and not files:
+        return []
     rows = con.execute("""
-        WITH raw_counts AS (
-            SELECT file_name, count(*) AS n FROM raw.bill GROUP BY ALL
-            UNION ALL SELECT file_name, count(*) FROM raw.susp GROUP BY ALL
-            UNION ALL SELECT file_name, count(*) FROM raw.redeem GROUP BY ALL
-            UNION ALL SELECT file_name, count(*) FROM raw.override GROUP BY ALL
-            UNION ALL SELECT file_name, subscribers FROM ops.snapshot)
+        WITH wanted AS (SELECT file_name FROM ops.delivery WHERE status = 'LOADED'
+                        AND ($all OR list_contains($files, file_name))),
+             raw_counts AS (
+            SELECT file_name, count(*) AS n FROM raw.bill SEMI JOIN wanted USING (file_name) GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.susp SEMI JOIN wanted USING (file_name) GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.redeem SEMI JOIN wanted USING (file_name) GROUP BY ALL
+            UNION ALL SELECT file_name, count(*) FROM raw.override SEMI JOIN wanted USING (file_name) GROUP BY ALL
+            UNION ALL SELECT file_name, subscribers FROM ops.snapshot SEMI JOIN wanted USING (file_name))
         SELECT d.file_name, d.record_count, d.loaded, d.quarantined, coalesce(r.n, 0)
-        FROM ops.delivery d LEFT JOIN raw_counts r USING (file_name)
+        FROM ops.delivery d SEMI JOIN wanted USING (file_name) LEFT JOIN raw_counts r USING (file_name)
         WHERE d.status = 'LOADED'
           AND (d.loaded + d.quarantined <> d.record_count OR coalesce(r.n, 0) <> d.loaded)
-        ORDER BY d.file_name""").fetchall()
+        ORDER BY d.file_name""", {"all": files is None, "files": files or []}).fetchall()
     return [f"{f}: record_count {rc}, loaded {lo}, quarantined {q}, rows in warehouse {n}"
             for f, rc, lo, q, n in rows]

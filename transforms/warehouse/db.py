@@ -138,6 +138,13 @@ CREATE TABLE IF NOT EXISTS ops.owed (
     effect VARCHAR NOT NULL, target VARCHAR NOT NULL, channel VARCHAR, payload BLOB, control BLOB,
     records BIGINT, md5 VARCHAR, run_id VARCHAR, owed_since TIMESTAMP
 );
+-- The mart partitions written since the analysts' copy was last published (transforms.runs.publish), and the
+-- published versions with the partition files each one reads.
+CREATE TABLE IF NOT EXISTS ops.changed_partition (table_name VARCHAR NOT NULL, part VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS ops.published_file (
+    table_name VARCHAR NOT NULL, part VARCHAR NOT NULL, path VARCHAR NOT NULL, rows BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ops.published_version (version BIGINT NOT NULL, published_at TIMESTAMP NOT NULL);
 -- Every channel file written (a file once written is never rewritten with other content).
 CREATE TABLE IF NOT EXISTS ops.outbox_file (
     relpath VARCHAR NOT NULL, channel VARCHAR NOT NULL, records BIGINT NOT NULL, md5 VARCHAR NOT NULL,

@@ -30,6 +30,7 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
                                            "region_code"), on="subs_id", how="left")
             .join(behind, on="subs_id", how="left"))
     con.execute("DELETE FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day])
+    mark_changed(con, "tier_assignment", month.first_day)
     con.register("assigned", rows)
     try:
         con.execute("""
@@ -48,6 +49,7 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
     """mart.grade_change of M from grading.grade_changes, with the subscriber's region and account manager in
     S(M) (or when last seen, for one who left)."""
     con.execute("DELETE FROM mart.grade_change WHERE grade_month = ?", [month.first_day])
+    mark_changed(con, "grade_change", month.first_day)
     con.register("changes", changes)
     try:
         con.execute("""
@@ -66,6 +68,7 @@ def rebuild_tier_history(con: duckdb.DuckDBPyConnection, month: Month) -> None:
     A spell's valid_from is the first day its tier is in effect (the day after its grading month).
     """
     effective = (month + 1).first_day
+    mark_history_changed(con, effective)  # the spells closed from M on, before the rewind
     con.execute("DELETE FROM mart.tier_history WHERE valid_from >= ?", [effective])
     con.execute("UPDATE mart.tier_history SET valid_to = NULL WHERE valid_to >= ?", [effective])
     graded = [row[0] for row in con.execute(
@@ -73,6 +76,7 @@ def rebuild_tier_history(con: duckdb.DuckDBPyConnection, month: Month) -> None:
         [month.first_day]).fetchall()]
     for grade_month in graded:
         _apply_month_to_history(con, grade_month)
+    mark_history_changed(con, effective)  # and after the replay
 
 
 def _apply_month_to_history(con, grade_month: date) -> None:
@@ -94,6 +98,7 @@ def _apply_month_to_history(con, grade_month: date) -> None:
 def rebuild_tier_current(con: duckdb.DuckDBPyConnection) -> None:
     """The tier of every subscriber of the latest graded month, with the grading month its spell began."""
     con.execute("DELETE FROM mart.tier_current")
+    mark_changed(con, "tier_current", None)
     con.execute("""
         INSERT INTO mart.tier_current
         WITH latest AS (SELECT max(grade_month) AS m FROM mart.tier_assignment)
@@ -107,6 +112,7 @@ def rebuild_tier_current(con: duckdb.DuckDBPyConnection) -> None:
 def write_tier_summary(con: duckdb.DuckDBPyConnection, month: Month) -> None:
     """Per region and tier: subscribers at M and the migrations into (or, for LOST, out of) the tier."""
     con.execute("DELETE FROM mart.tier_summary WHERE grade_month = ?", [month.first_day])
+    mark_changed(con, "tier_summary", month.first_day)
     con.execute("""
         INSERT INTO mart.tier_summary
         WITH cur AS (SELECT subs_id, tier, coalesce(region_code, '') AS region_code
@@ -139,6 +145,7 @@ def write_subscriber_month(con: duckdb.DuckDBPyConnection, month: Month, sum6_co
     item_sums = ",\n".join(f"coalesce(sum(amount_fen) FILTER (WHERE item_code = '{item}'), 0) "
                            f"AS {item.lower()}_fen" for item in BILL_ITEMS)
     con.execute("DELETE FROM mart.subscriber_month WHERE month = ?", [m])
+    mark_changed(con, "subscriber_month", m)
     con.execute(f"""
         INSERT INTO mart.subscriber_month
         WITH items AS (
@@ -163,6 +170,7 @@ def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMon
     for table, column in (("staging.points_lot", "earn_month"), ("staging.points_move", "month"),
                           ("staging.redemption", "month"), ("mart.points_balance", "month")):
         con.execute(f"DELETE FROM {table} WHERE {column} = ?", [m])
+    mark_changed(con, "points_balance", m)
     con.execute("DELETE FROM ops.quarantine WHERE reason = 'INSUFFICIENT_POINTS' AND period = ?", [m])
     con.register("new_lots", result.new_lots)
     con.execute("INSERT INTO staging.points_lot SELECT subs_id, earn_month, earned FROM new_lots")
@@ -205,3 +213,29 @@ def write_points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiring
                     "WHERE b.month = ? AND b.subs_id = e.subs_id", [month.first_day])
     finally:
         con.unregister("expiring")
+
+
+# --- what changed: the partitions the analysts' copy must publish again (transforms.runs.publish) -------------
+
+# table -> the column whose value partitions it in the published copy (None: published whole). tier_history by
+# valid_to: a spell never changes once closed (unless a regrade rewinds it), the open ones every month.
+PARTITIONED_BY = {"subscriber_month": "month", "points_balance": "month", "tier_assignment": "grade_month",
+                  "grade_change": "grade_month", "tier_summary": "grade_month", "tier_current": None,
+                  "tier_history": "valid_to"}
+WHOLE = "all"   # the partition of a table published whole
+OPEN = "open"   # tier_history's partition of the spells still in effect (valid_to NULL)
+
+
+def mark_changed(con: duckdb.DuckDBPyConnection, table: str, value: date | None) -> None:
+    """Records that a partition of a mart table was written (inside the writer's transaction)."""
+    part = WHOLE if PARTITIONED_BY[table] is None else OPEN if value is None else value.isoformat()
+    con.execute("INSERT INTO ops.changed_partition SELECT ?, ? WHERE NOT EXISTS (SELECT 1 FROM "
+                "ops.changed_partition WHERE table_name = ? AND part = ?)", [table, part, table, part])
+
+
+def mark_history_changed(con: duckdb.DuckDBPyConnection, effective: date) -> None:
+    """tier_history's open spells and every partition of spells closed on or after `effective`."""
+    mark_changed(con, "tier_history", None)
+    for (valid_to,) in con.execute("SELECT DISTINCT valid_to FROM mart.tier_history WHERE valid_to >= ?",
+                                   [effective]).fetchall():
+        mark_changed(con, "tier_history", valid_to)
