@@ -1,7 +1,9 @@
-"""Exactly once across crashes: a backfill killed at each boundary in turn (right before and right after each
-commit, each file rename, each swap of the published copy: transforms.core.faults) is followed by a rerun that
-must equal an uninterrupted run (warehouse, published copy, every outbox file), with nothing owed afterwards
-and the killed run closed as INTERRUPTED.
+"""Exactly once across crashes, the shared part of tests/test_exactly_once_*.py: a backfill killed at each
+boundary in turn (right before and right after each commit, each file rename, each swap of the published copy:
+transforms.core.faults) is followed by a rerun that must equal an uninterrupted run (warehouse, published copy,
+every outbox file), with nothing owed afterwards and the killed run closed as INTERRUPTED. Fixtures for
+test_commits.py and test_files.py: the boundaries are split between two modules so that the two test workers
+share them.
 
 The smallest province that reaches every boundary: June 2026 graded (the state every killed run starts from),
 then July's deliveries: the month-end snapshot with a rated subscriber cancelled (nightly LOST notices), its
@@ -25,11 +27,12 @@ from transforms.core.faults import FAULT_ENV, KILLED_EXIT_CODE, POINTS
 from transforms.runs.publish import published_path
 from transforms.warehouse.db import connect
 
-pytestmark = pytest.mark.flow
 JAN, JUN, JUL = Month(2026, 1), Month(2026, 6), Month(2026, 7)
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 # landing files are written by the sender (and the generator), never by a run
 REACHED = [p for p in POINTS if not p.endswith(":landing")]
+COMMITS = [p for p in REACHED if "-commit:" in p]
+FILES = [p for p in REACHED if "-commit:" not in p]  # renames and the publish swap
 # What a rerun must reproduce exactly: every mart table, and the ops tables without run ids and clock times.
 COMPARED = {
     **{f"mart.{t}": "*" for t in ("subscriber_month", "points_balance", "tier_assignment", "tier_current",
@@ -84,7 +87,7 @@ def state(home: Path) -> dict:
 def reference(june, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("reference")
     shutil.copytree(june, home, dirs_exist_ok=True)
-    backfill_flow(str(home), "2026-01", "2026-07")
+    backfill_flow(str(home), "2026-07", "2026-07")
     result = state(home)
     assert result["tables"]["ops.owed"] == []
     assert "outbox/sms/daily/20260731/lost.jsonl" in result["outbox"]  # the boundaries are all reached
@@ -92,45 +95,36 @@ def reference(june, tmp_path_factory) -> dict:
     return result
 
 
-@pytest.mark.parametrize("point", REACHED)
-def test_killed_at_each_boundary_the_rerun_equals_an_uninterrupted_run(point, june, reference, tmp_path, cli_env):
-    home = tmp_path / "home"
-    shutil.copytree(june, home)
-    killed = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
-                             "2026-01", "--end", "2026-07"], env={**cli_env, FAULT_ENV: point},
-                            capture_output=True, text=True, cwd=PROJECT)
-    assert killed.returncode == KILLED_EXIT_CODE, f"{point} was never reached: {killed.stderr[-2000:]}"
-    backfill_flow(str(home), "2026-01", "2026-07")  # the rerun: no cleanup by hand
+def backfill_command(home: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start", "2026-07",
+            "--end", "2026-07"]
+
+
+@pytest.fixture
+def killed_then_rerun(june, reference, tmp_path, cli_env):
+    """Kills a backfill at a point, reruns it, and checks the rerun against the uninterrupted run."""
+    def check(point: str) -> None:
+        home = tmp_path / "home"
+        shutil.copytree(june, home)
+        killed = subprocess.run(backfill_command(home), env={**cli_env, FAULT_ENV: point}, capture_output=True,
+                                text=True, cwd=PROJECT)
+        assert killed.returncode == KILLED_EXIT_CODE, f"{point} was never reached: {killed.stderr[-2000:]}"
+        rerun_equals_reference(home, reference)
+        con = connect(home, read_only=True)
+        try:
+            assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status = 'INTERRUPTED'").fetchone()[0] >= 1
+        finally:
+            con.close()
+    return check
+
+
+def rerun_equals_reference(home: Path, reference: dict) -> None:
+    """The rerun, in this process, needs no cleanup by hand and ends as the uninterrupted run did."""
+    backfill_flow(str(home), "2026-07", "2026-07")
     assert state(home) == reference
     con = connect(home, read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status = 'RUNNING'").fetchone() == (0,)
-        assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status = 'INTERRUPTED'").fetchone()[0] >= 1
     finally:
         con.close()
     assert not [p for p in home.rglob(".*.tmp")]  # no leftover of a write that was cut short
-
-
-def test_an_outbox_that_cannot_be_written_fails_the_run_with_one_line_and_owes_the_files(june, reference, tmp_path,
-                                                                                        cli_env):
-    home = tmp_path / "home"
-    shutil.copytree(june, home)
-    blocker = home / "outbox" / "sms" / "daily" / "20260731"
-    blocker.write_text("not a folder")  # even root cannot write the night's file below a file
-    failed = subprocess.run([sys.executable, "-m", "flows.cli", "backfill", "--home", str(home), "--start",
-                             "2026-01", "--end", "2026-07"], env=cli_env, capture_output=True, text=True,
-                            cwd=PROJECT)
-    assert failed.returncode == 1
-    first, hint = failed.stderr.splitlines()
-    assert first.startswith("tierflow backfill: error: ") and "20260731" in first
-    assert hint == "  (set TIERFLOW_DEBUG=1 for the traceback)"
-    con = connect(home, read_only=True)
-    try:
-        owed = con.execute("SELECT target FROM ops.owed WHERE effect = 'OUTBOX'").fetchall()
-        assert ("sms/daily/20260731/lost.jsonl",) in owed  # committed, not lost: owed until written
-        assert con.execute("SELECT status FROM ops.run_ledger WHERE status = 'FAILED'").fetchall()
-    finally:
-        con.close()
-    blocker.unlink()
-    backfill_flow(str(home), "2026-01", "2026-07")
-    assert state(home) == reference
