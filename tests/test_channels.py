@@ -33,7 +33,7 @@ NO_EXPIRY = pl.DataFrame(schema={"subs_id": pl.String, "points": pl.Int64})
 
 def first_files(con, channels=CHANNELS) -> list[OutFile]:
     """The first set of July's change channels, recorded as told."""
-    sets = month_sets(con, JUL, by_feed(channels, CHANGE_FEED), True, NO_EXPIRY)
+    sets = month_sets(con, JUL, PACK, by_feed(channels, CHANGE_FEED), True, NO_EXPIRY)
     record_sets(con, sets)
     return [s.out for s in sets]
 MSISDN = "13800000000"  # tests.builders.Sub: "138" + the digits of the subs_id (none here), padded to 8
@@ -109,7 +109,8 @@ def test_counts_equal_grade_change_counts(july):
     _, con, files = july
     assert {name: f.records for name, f in files.items()} == {"boss": 5, "sms": 5, "crm": 5}
     changes = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
-    assert told_counts(con, JUL, CHANNELS) == {"boss": (5, changes), "sms": (5, changes), "crm": (5, changes)}
+    assert told_counts(con, JUL, CHANNELS) == {"boss": (5, (*changes, "ENTITLEMENTS")), "sms": (5, changes),
+                                               "crm": (5, changes)}
 
 
 def test_channel_carries_only_its_change_types(graded, tmp_path):
@@ -120,7 +121,7 @@ def test_channel_carries_only_its_change_types(graded, tmp_path):
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [UPGRADE]"), encoding="utf-8")
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
-    crm = [s.out for s in month_sets(con, JUL, load_channels(config), True, NO_EXPIRY) if s.channel == "crm"][0]
+    crm = [s.out for s in month_sets(con, JUL, PACK, load_channels(config), True, NO_EXPIRY) if s.channel == "crm"][0]
     con.execute("ROLLBACK")
     assert [line.split(",")[0] for line in crm.payload.decode().splitlines()[1:]] == ["B", "S"]
     assert crm.records == 2
@@ -132,7 +133,7 @@ def test_rerun_gives_byte_identical_files_left_in_place(july):
     paths.append(home / "outbox" / files["boss"].control_relpath)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
     run_monthly(con, JUL, PACK, "rerun", ACCEPT)
-    assert month_sets(con, JUL, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY) == []  # nothing new to send
+    assert month_sets(con, JUL, PACK, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY) == []  # nothing new to send
     write_outbox(home, list(files.values()))  # the same bytes again: left in place
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
 
@@ -268,7 +269,7 @@ def test_points_expiry_notice_by_hand(tmp_path):
           ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month <= DATE '2026-07-01'
         GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""").pl()
     assert expiring.equals(expiring_next_month(JUL, open_lots, 36))  # agrees with the points module
-    [notice] = [s.out for s in month_sets(con, JUL, by_feed(CHANNELS, POINTS), False, expiring)]
+    [notice] = [s.out for s in month_sets(con, JUL, PACK, by_feed(CHANNELS, POINTS), False, expiring)]
     assert notice.relpath == "sms/202607/points_expiry.jsonl"
     # P3 cancelled, P4 not in S(M): no SMS; expiry date = last day of 2026-08
     assert notice.payload.decode().splitlines() == [
@@ -310,8 +311,11 @@ def _config_with(tmp_path: Path, old: str, new: str) -> Path:
     ("{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST, REVERSAL: TIER_CORRECTED}",
      "{NEW: TIER_NEW, UPGRADE: TIER_UP, DOWNGRADE: TIER_DOWN, LOST: TIER_LOST}",
      r"\(sms\)\.templates is missing 'REVERSAL'"),
-    ("changes: [NEW, UPGRADE, DOWNGRADE, LOST]\n    fields: [subs_id, msisdn",
+    ("changes: [NEW, UPGRADE, DOWNGRADE, LOST, ENTITLEMENTS]\n    fields: [subs_id, msisdn",
      "changes: [NEW, PROMOTED]\n    fields: [subs_id, msisdn", r"\(boss\)\.changes: unknown change type 'PROMOTED'"),
+    ("path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
+     "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, ENTITLEMENTS]",
+     r"channels\[2\] \(crm\)\.changes: ENTITLEMENTS rows say only which entitlements changed"),
     ("format: pipe_gbk_with_chk", "format: xml",
      r"\(boss\)\.format must be pipe_gbk_with_chk, jsonl or csv, got 'xml'"),
     ("path: sms/{yyyymm}/points_expiry.jsonl", "path: sms/{yyyymm}/notices.jsonl",

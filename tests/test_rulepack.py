@@ -441,3 +441,11 @@ def test_points_expiry_comes_from_the_pack():
     assert load_pack(rules_dir() / "points-level.yaml").points.expiry_months == 24
     assert load_error(MINI.replace("expiry_months: 24", "expiry_months: 0")).startswith(
         "packs/bad.yaml:15: expiry_months must be at least 1")
+
+
+def test_rule_lines_are_the_plain_lower_bounds_of_single_rules():
+    # six-star: the four AVG6 rules with a line (rows 5, 7, 8, 9); VIP and POINTS are not `metric >= constant`,
+    # GOTONE_FLOOR has no condition on a metric's line, STAR1 is `otherwise`
+    pack = load_pack(rules_dir() / "six-star.yaml")
+    assert pack.rule_lines() == {("STAR5", "AVG6"): ("sum6_fen", 180000), ("STAR4", "AVG6"): ("sum6_fen", 90000),
+                                 ("STAR3", "AVG6"): ("sum6_fen", 48000), ("STAR2", "AVG6"): ("sum6_fen", 18000)}

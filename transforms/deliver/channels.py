@@ -9,7 +9,12 @@ transforms.deliver.outbox.
 Feeds, fixed by the channel name:
 - changes (boss, sms, crm): the grade changes of a month;
 - points_expiry: the points that expire at the end of next month;
-- sms_lost_daily: nightly notices for rated subscribers cancelled in (or gone from) a day's snapshot.
+- sms_lost_daily: nightly notices for rated subscribers cancelled in (or gone from) a day's snapshot;
+- sms_at_risk (opt-in: not in the default configuration): notice before the fact, each graded month, for the
+  subscribers tagged DOWNGRADE_RISK, with their tier and the line of the rule that assigned it.
+
+Change types of the changes feed: those of mart.grade_change, and ENTITLEMENTS (mart.entitlement_change: the
+entitlements changed while the tier did not), only for a channel that carries the entitlements.
 """
 from __future__ import annotations
 
@@ -23,15 +28,18 @@ import yaml
 from transforms.core.calendar import Month
 from transforms.core.resources import channels_config
 from transforms.core.yamlnodes import Document, Fields, YamlError, read_text
+from transforms.grade import grading
 
 OUTBOX = "outbox"
 
-CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
+CHANGE_TYPES = (*grading.CHANGE_TYPES, grading.ENTITLEMENTS)  # what a changes channel may select
+AT_RISK_TAG = "DOWNGRADE_RISK"  # the tag of the subscribers the at-risk feed tells
 FORMATS = ("pipe_gbk_with_chk", "jsonl", "csv")
 ENCODINGS = ("GBK", "UTF-8")
-CHANGES, POINTS, DAILY_LOST = "changes", "points_expiry", "daily_lost"
-FEED_OF = {"boss": CHANGES, "sms": CHANGES, "crm": CHANGES, "points_expiry": POINTS, "sms_lost_daily": DAILY_LOST}
-MSISDN_CHANNELS = frozenset({"boss", "sms", "points_expiry", "sms_lost_daily"})  # BOSS and the SMS gateway
+CHANGES, POINTS, DAILY_LOST, AT_RISK = "changes", "points_expiry", "daily_lost", "at_risk"
+FEED_OF = {"boss": CHANGES, "sms": CHANGES, "crm": CHANGES, "points_expiry": POINTS, "sms_lost_daily": DAILY_LOST,
+           "sms_at_risk": AT_RISK}
+MSISDN_CHANNELS = frozenset({"boss", "sms", "points_expiry", "sms_lost_daily", "sms_at_risk"})  # BOSS and SMS
 NEVER_FIELDS = frozenset({"cust_name", "cert_no"})
 _COMMON = ("subs_id", "msisdn", "region_code", "manager_id", "template", "parameters")
 FIELDS = {
@@ -39,15 +47,17 @@ FIELDS = {
                         "entitlements", "entitlements_gained", "entitlements_lost", "tags"),
     POINTS: _COMMON + ("points", "expiry_date"),
     DAILY_LOST: _COMMON + ("from_tier", "to_tier", "change_type", "reason", "effective_date"),
+    AT_RISK: _COMMON + ("tier", "tier_label", "reason", "line_metric", "line", "grade_month"),
 }
 PARAMETERS = {
     CHANGES: ("from_tier", "to_tier", "change_type", "effective_date", "entitlements", "entitlements_gained",
               "entitlements_lost"),
     POINTS: ("points", "expiry_date"),
     DAILY_LOST: ("from_tier", "to_tier", "effective_date"),
+    AT_RISK: ("tier", "tier_label", "line_metric", "line", "grade_month"),
 }
-PLACEHOLDERS = {CHANGES: ("yyyymm",), POINTS: ("yyyymm",), DAILY_LOST: ("yyyymm", "yyyymmdd")}
-REQUIRED_PLACEHOLDER = {CHANGES: "yyyymm", POINTS: "yyyymm", DAILY_LOST: "yyyymmdd"}
+PLACEHOLDERS = {CHANGES: ("yyyymm",), POINTS: ("yyyymm",), DAILY_LOST: ("yyyymm", "yyyymmdd"), AT_RISK: ("yyyymm",)}
+REQUIRED_PLACEHOLDER = {CHANGES: "yyyymm", POINTS: "yyyymm", DAILY_LOST: "yyyymmdd", AT_RISK: "yyyymm"}
 # The keys of a channel. A new key: list it here, read it in _parse_channel, give Channel a field for it.
 _REQUIRED_KEYS = ("name", "format", "encoding", "path", "fields")
 _OPTIONAL_KEYS = ("changes", "templates", "template", "parameters")  # needed or refused by the feed and fields
@@ -121,6 +131,10 @@ def _parse_channel(doc: Document, where: str, node: yaml.Node) -> Channel:
     templates, template = _templates(keys, where, feed, fields, changes)
     parameters = _names_from(keys, "parameters", where, PARAMETERS[feed], "parameter",
                              needed="parameters" in fields, refusal="given, but `parameters` is not among the fields")
+    if grading.ENTITLEMENTS in changes and not _ENTITLEMENT_FIELDS & {*fields, *parameters}:
+        doc.fail(keys["changes"], f"{where}.changes: {grading.ENTITLEMENTS} rows say only which entitlements "
+                                  "changed: the channel must carry entitlements, entitlements_gained or "
+                                  "entitlements_lost among its fields or parameters")
     encoding = doc.choice(keys["encoding"], f"{where}.encoding", ENCODINGS)
     return Channel(name=name, feed=feed, format=fmt, encoding=encoding, path=path, fields=fields, changes=changes,
                    templates=templates, template=template, parameters=parameters)

@@ -3,12 +3,15 @@
 Rendering is set-based (DuckDB for the facts, Polars for the lines) and deterministic: rows sorted by subs_id,
 JSON with fixed key order and separators, `\\n` line ends, no timestamps, so a rerun produces byte-identical
 files. Facts per feed:
-- changes (boss, sms, crm): mart.grade_change rows of M, with msisdn / region_code / manager_id from S(M)
-  (the last known version for a subscriber absent from S(M)) and tags from mart.tier_assignment of M;
+- changes (boss, sms, crm): mart.grade_change rows of M (and mart.entitlement_change rows for a channel that
+  selects ENTITLEMENTS), with msisdn / region_code / manager_id from S(M) (the last known version for a
+  subscriber absent from S(M)) and tags from mart.tier_assignment of M;
 - points_expiry: the points left at the end of M of the lot that expires at the end of M+1, for subscribers
   of S(M) who are not cancelled;
 - sms_lost_daily: subscribers holding a rated tier on day D who are CANCELLED in, or vanished from, the ACCT
-  snapshot of D, having been present and not cancelled in the snapshot before it.
+  snapshot of D, having been present and not cancelled in the snapshot before it;
+- sms_at_risk: subscribers of S(M), not cancelled, whose tags of M hold DOWNGRADE_RISK, with their tier (code
+  and the pack's label) and the line of the rule that assigned it (RulePack.rule_lines; null where none).
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import LIST_SEPARATOR, Channel, ChannelError
+from transforms.deliver.channels import AT_RISK_TAG, LIST_SEPARATOR, Channel, ChannelError
 from transforms.grade.grading import ABSENT_REASON
+from transforms.grade.rulepack import RulePack
 from transforms.ingest.control import control_line
 from transforms.warehouse.db import scalar, snapshot_date_for
 
@@ -65,7 +69,8 @@ def change_facts(con: duckdb.DuckDBPyConnection, month: Month, records: pl.DataF
             WITH who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
                          SEMI JOIN channel_records USING (subs_id)),
                  tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m),
-                 why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m)
+                 why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m
+                         UNION ALL SELECT subs_id, reason FROM mart.entitlement_change WHERE grade_month = $m)
             SELECT r.subs_id, who.msisdn, r.from_tier, r.to_tier, r.change_type,
                    CASE WHEN r.kind = 'REVERSAL' THEN 'REVERSAL' ELSE why.reason END AS reason,
                    $effective AS effective_date, $grade_month AS grade_month,
@@ -97,6 +102,30 @@ def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.Data
                                            "expiry": (month + 1).last_day.strftime("%Y%m%d")}).pl()
     finally:
         con.unregister("expiring_points")
+
+
+def at_risk_facts(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack) -> pl.DataFrame:
+    """Subscribers of S(M), not cancelled, tagged DOWNGRADE_RISK in M: their tier, its label and the line to keep
+    (metric and value of the rule that assigned the tier, when the pack states one)."""
+    lines = pl.DataFrame([{"tier": tier, "reason": reason, "line_metric": metric, "line": int(line)}
+                          for (tier, reason), (metric, line) in pack.rule_lines().items() if line.denominator == 1],
+                         schema={"tier": pl.String, "reason": pl.String, "line_metric": pl.String, "line": pl.Int64})
+    labels = pl.DataFrame({"tier": list(pack.tier_labels), "tier_label": list(pack.tier_labels.values())},
+                          schema={"tier": pl.String, "tier_label": pl.String})
+    con.register("rule_lines", lines)
+    con.register("tier_labels", labels)
+    try:
+        return con.sql("""
+            SELECT a.subs_id, h.msisdn, h.region_code, h.manager_id, a.tier, l.tier_label, a.reason,
+                   r.line_metric, r.line, $grade_month AS grade_month
+            FROM mart.tier_assignment a JOIN raw.snapshot_as_of($snap) h USING (subs_id)
+            LEFT JOIN rule_lines r USING (tier, reason) LEFT JOIN tier_labels l USING (tier)
+            WHERE a.grade_month = $m AND list_contains(a.tags, $tag) AND h.status <> 'CANCELLED'
+            ORDER BY a.subs_id""", params={"m": month.first_day, "snap": _snapshot_for(con, month),
+                                           "tag": AT_RISK_TAG, "grade_month": month.compact}).pl()
+    finally:
+        con.unregister("rule_lines")
+        con.unregister("tier_labels")
 
 
 def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.DataFrame:

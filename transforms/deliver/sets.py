@@ -3,7 +3,8 @@
 A graded month sends each change channel its first file (set 1, `GRADE_CHG_202512.dat`, always written, empty
 when nothing changed), and every regrade that changes what the channel must know sends a numbered correction
 set (`GRADE_CHG_202512_02.dat`, ...) holding only the difference (transforms.deliver.corrections). The
-points-expiry notice works the same way, without reversals (a reminder is not taken back). A day whose ACCT
+points-expiry notice and the opt-in at-risk notice work the same way, without reversals (a reminder is not taken
+back; a subscriber is told again only when what the notice says changed). A day whose ACCT
 snapshot shows cancellations sends the nightly LOST notices, which count as told to the SMS gateway for that
 day's month, so the month's SMS file does not repeat them.
 
@@ -19,10 +20,11 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import CHANGES, DAILY_LOST, POINTS, Channel, by_feed
+from transforms.deliver.channels import AT_RISK, CHANGES, DAILY_LOST, POINTS, Channel, by_feed
 from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
                                             told_state)
-from transforms.deliver.render import OutFile, change_facts, lost_facts, points_facts, render
+from transforms.deliver.render import OutFile, at_risk_facts, change_facts, lost_facts, points_facts, render
+from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import scalar
 
 # The nightly LOST notices go out through the SMS gateway: they count as told to the sms channel.
@@ -46,29 +48,49 @@ def numbered(relpath: str, set_no: int) -> str:
     return str(path.with_name(f"{path.stem}_{set_no:02d}{path.suffix}"))
 
 
-def month_sets(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel], graded: bool,
+def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, channels: list[Channel], graded: bool,
                expiring: pl.DataFrame) -> list[ChannelSet]:
-    """The sets month M sends now: when graded, per change channel the difference between M's grade changes and
-    what it was told; per points channel the notices not yet sent (`expiring`: subs_id, points)."""
+    """The sets month M sends now: when graded, per change channel the difference between M's changes (graded
+    with `pack`) and what it was told, per at-risk channel the notices not yet sent; per points channel the
+    notices not yet sent (`expiring`: subs_id, points)."""
     sets = []
     for channel in by_feed(channels, CHANGES) if graded else []:
-        in_force = con.sql("SELECT subs_id, from_tier, to_tier, change_type, entitlements_gained, entitlements_lost "
-                           "FROM mart.grade_change WHERE grade_month = $m AND list_contains($types, change_type) "
-                           "ORDER BY subs_id", params={"m": month.first_day, "types": list(channel.changes)}).pl()
-        records = change_set(in_force, told_state(_sent(con, channel.name, month)), channel.carries_entitlements)
+        records = change_set(_in_force(con, month, channel.changes), told_state(_sent(con, channel.name, month)),
+                             channel.carries_entitlements)
         relpath = _free_relpath(con, channel.relpath(month))
         if records.height or relpath == channel.relpath(month):
             out = render(channel, change_facts(con, month, records), relpath)
             sets.append(ChannelSet(channel.name, month, CHANGE, records, out))
-    for channel in by_feed(channels, POINTS):
-        notices = points_facts(con, month, expiring)
-        told = _sent(con, channel.name, month).sort("seq").group_by("subs_id", maintain_order=True).last()
-        fresh = notices.join(told.select("subs_id", "points"), on=["subs_id", "points"], how="anti")
-        relpath = _free_relpath(con, channel.relpath(month))
-        if fresh.height or relpath == channel.relpath(month):
-            out = render(channel, fresh, relpath)
-            sets.append(ChannelSet(channel.name, month, NOTICE, fresh.select("subs_id", "points"), out))
+    notices = [(c, points_facts(con, month, expiring), {"points": "points"}) for c in by_feed(channels, POINTS)]
+    if graded:
+        notices += [(c, at_risk_facts(con, month, pack), {"tier": "to_tier"}) for c in by_feed(channels, AT_RISK)]
+    for channel, facts, told_as in notices:
+        sets += _notice_set(con, month, channel, facts, told_as)
     return sets
+
+
+def _notice_set(con, month: Month, channel: Channel, facts: pl.DataFrame,
+                told_as: dict[str, str]) -> list[ChannelSet]:
+    """The notices of `facts` whose subscriber was not told the same (`told_as`: fact column -> the column of
+    ops.sent_record that keeps it) for M; the month's first file is always written."""
+    told = (_sent(con, channel.name, month).sort("seq").group_by("subs_id", maintain_order=True).last()
+            .select("subs_id", *told_as.values()).rename({v: k for k, v in told_as.items()}))
+    fresh = facts.join(told, on=["subs_id", *told_as], how="anti", nulls_equal=True)
+    relpath = _free_relpath(con, channel.relpath(month))
+    if not fresh.height and relpath != channel.relpath(month):
+        return []
+    records = fresh.select("subs_id", *(pl.col(k).alias(v) for k, v in told_as.items()))
+    return [ChannelSet(channel.name, month, NOTICE, records, render(channel, fresh, relpath))]
+
+
+def _in_force(con, month: Month, change_types: tuple[str, ...]) -> pl.DataFrame:
+    """The changes of M of the given types: mart.grade_change, and mart.entitlement_change for ENTITLEMENTS."""
+    return con.sql("""
+        SELECT subs_id, from_tier, to_tier, change_type, entitlements_gained, entitlements_lost
+        FROM (SELECT * FROM mart.grade_change WHERE grade_month = $m
+              UNION ALL SELECT * FROM mart.entitlement_change WHERE grade_month = $m)
+        WHERE list_contains($types, change_type) ORDER BY subs_id""",
+                   params={"m": month.first_day, "types": list(change_types)}).pl()
 
 
 def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel],
@@ -110,7 +132,7 @@ def record_sets(con: duckdb.DuckDBPyConnection, sets: list[ChannelSet]) -> None:
 
 def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> dict:
     """Per change channel, the subscribers whose told state for M is a change, with the change types it carries:
-    what gate 3 compares with mart.grade_change."""
+    what gate 3 compares with mart.grade_change (and mart.entitlement_change for ENTITLEMENTS)."""
     return {c.name: (told_state(_sent(con, c.name, month)).height, c.changes) for c in by_feed(channels, CHANGES)}
 
 

@@ -284,6 +284,15 @@ def _const(node: Node) -> Fraction | None:
     return function(*values)
 
 
+def lower_bound(node: Node) -> tuple[str, Fraction] | None:
+    """(metric, line) when the condition is `metric >= line` with a constant line, else None: the line a
+    subscriber must stay at or above to keep what the condition gives."""
+    if isinstance(node, Compare) and node.op == ">=" and isinstance(node.left, Name):
+        line = _const(node.right)
+        return None if line is None else (node.left.name, line)
+    return None
+
+
 def _is_tier_literal(node: Node, metric_types: dict[str, str]) -> bool:
     return isinstance(node, Name) and node.name not in metric_types
 

@@ -49,7 +49,7 @@ import yaml
 from transforms.core.calendar import Month
 from transforms.core.yamlnodes import IDENTIFIER, Document, YamlError, line_of, read_text
 from transforms.grade.expr import (FUNCTIONS, NUMERIC, ExprError, Node, check, compile_bool, compile_number,
-                                   names_used, parse)
+                                   lower_bound, names_used, parse)
 
 # name: (type, BILL months it reads: n is M-(n-1)..M). Money is integer fen; bool flags are the Y/N fields of
 # ACCT. Every grading reads BILL_M, so snapshot fields, suspension counts and points balances count 1.
@@ -206,6 +206,20 @@ class RulePack:
 
     def tier_index(self, tier: str) -> int:
         return self.tiers.index(tier)
+
+    def rule_lines(self) -> dict[tuple[str, str], tuple[str, Fraction]]:
+        """(tier, reason) -> (metric, line) for the tiers a single rule assigns with that reason by a condition
+        `metric >= line`: the line a subscriber holding that tier must keep (the DOWNGRADE_RISK notice). A
+        (tier, reason) that several rules assign, or one assigned otherwise, has no line."""
+        by_result: dict[tuple[str, str], list[Rule]] = {}
+        for rule in self.rules:
+            by_result.setdefault((rule.tier, rule.reason), []).append(rule)
+        lines = {}
+        for key, rules in by_result.items():
+            bound = lower_bound(rules[0].condition.node) if len(rules) == 1 and rules[0].condition else None
+            if bound is not None:
+                lines[key] = bound
+        return lines
 
     def eligibility_metrics(self) -> frozenset[str]:
         return frozenset().union(*(e.condition.metrics for e in self.eligibility))

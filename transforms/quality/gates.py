@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # ingestion runs gate 1 without loading the rule engine
 
 __all__ = ["GateFailed", "GateResult", "gate_breaker", "gate_grading_inputs", "gate_outputs", "gate_raw_file"]
 
-CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
 
 
 # --- frames ----------------------------------------------------------------------------------------------------
@@ -249,13 +248,31 @@ _GRADE_CHANGE_SQL = """
     FROM expected e FULL OUTER JOIN stored s ON e.subs_id = s.subs_id
     GROUP BY ALL ORDER BY ALL"""
 
+# Each ENTITLEMENTS row of M: a subscriber without a grade change, whose tier of M it names, with a change.
+_ENTITLEMENT_CHANGE_SQL = """
+    WITH cur AS (SELECT subs_id, tier FROM mart.tier_assignment WHERE grade_month = $m),
+         tier_changed AS (SELECT DISTINCT subs_id FROM mart.grade_change WHERE grade_month = $m),
+         stored AS (SELECT *, count(*) OVER (PARTITION BY subs_id) AS n
+                    FROM mart.entitlement_change WHERE grade_month = $m)
+    SELECT CASE WHEN s.n > 1 THEN 'ENTITLEMENTS_DUPLICATED_ROW'
+                WHEN t.subs_id IS NOT NULL THEN 'ENTITLEMENTS_WITH_A_TIER_CHANGE'
+                WHEN cur.tier IS DISTINCT FROM s.to_tier OR s.from_tier <> s.to_tier THEN 'ENTITLEMENTS_WRONG_TIER'
+                WHEN len(s.entitlements_gained) + len(s.entitlements_lost) = 0 THEN 'ENTITLEMENTS_UNCHANGED'
+                ELSE 'CONSISTENT' END AS grade_change,
+           count(*) AS records
+    FROM stored s LEFT JOIN cur USING (subs_id) LEFT JOIN tier_changed t USING (subs_id)
+    GROUP BY ALL ORDER BY ALL"""
+
 
 def _channel_rows(con, month: Month, channel_counts: Mapping[str, ChannelCount] | None) -> list[dict]:
-    """Per channel: records written and the grade_change rows of M it selects (all change types unless given)."""
+    """Per channel: records written and the change rows of M it selects (all change types unless given):
+    mart.grade_change, and mart.entitlement_change for ENTITLEMENTS."""
     if not channel_counts:
         return []
-    by_type = dict(con.execute("SELECT change_type, count(*) FROM mart.grade_change WHERE grade_month = ? "
-                               "GROUP BY ALL", [month.first_day]).fetchall())
+    from transforms.deliver.channels import CHANGE_TYPES  # here: gate 1 (ingest) loads no rule engine
+    by_type = dict(con.execute("SELECT change_type, count(*) FROM (SELECT change_type FROM mart.grade_change "
+                               "WHERE grade_month = $m UNION ALL SELECT change_type FROM mart.entitlement_change "
+                               "WHERE grade_month = $m) GROUP BY ALL", {"m": month.first_day}).fetchall())
     rows = []
     for channel in sorted(channel_counts):
         spec = channel_counts[channel]
@@ -277,6 +294,7 @@ def outputs_frame(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
             + _records(con, _TIER_SQL, m | {"unrated": pack.unrated, "ineligible": sorted(pack.ineligible_reasons)})
             + _records(con, _GRADE_CHANGE_SQL, m | {"prev": (month - 1).first_day, "unrated": pack.unrated,
                                                     "tiers": list(pack.tiers)})
+            + _records(con, _ENTITLEMENT_CHANGE_SQL, m)
             + _channel_rows(con, month, channel_counts))
     return _frame(rows, _OUTPUTS_SCHEMA)
 
@@ -286,8 +304,8 @@ def gate_outputs(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
                  results_dir: Path | None = None) -> GateResult:
     """Gate 3 after grading M with `pack`: exactly one tier row per subscriber of S(M), tiers within the pack's,
     the pack's unrated tier exactly when the reason is one of its eligibility reasons, mart.grade_change of M
-    equal to the changes recomputed from the tiers of M and M-1, and channel file counts equal grade_change
-    counts.
+    equal to the changes recomputed from the tiers of M and M-1, mart.entitlement_change rows only for
+    subscribers without one, at their tier of M, and channel file counts equal the change rows they select.
 
     channel_counts: {channel: records_written} compares with all grade_change rows of M;
     {channel: (records_written, change_types)} with the rows of those change types only (a channel configured

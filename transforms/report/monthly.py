@@ -15,12 +15,12 @@ import duckdb
 
 from transforms.core.calendar import Month
 from transforms.core.resources import rules_dir
+from transforms.grade.grading import CHANGE_TYPES
 from transforms.grade.packs import find_pack_by_version, pack_for_month
 from transforms.grade.rulepack import PackError, RulePack
 from transforms.runs.publish import published_path
 from transforms.warehouse.db import first_row
 
-CHANGE_TYPES = ("NEW", "UPGRADE", "DOWNGRADE", "LOST")
 CHANGE_LABELS = {"NEW": "新增", "UPGRADE": "升级", "DOWNGRADE": "降级", "LOST": "不符合资格"}
 DOWNGRADE_RISK = "DOWNGRADE_RISK"
 # What a gate of the run ledger shows; its results_path is left out (it names the run).

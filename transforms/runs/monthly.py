@@ -5,7 +5,8 @@ The steps, in order (each timed for ops.run_ledger):
   gate 2          grading inputs (quality.gates.gate_grading_inputs)
   points          redemptions, expiry and accrual of M -> points ledger and mart.points_balance
   grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M ->
-                  tier_assignment, grade_change, tier_history, tier_current, tier_summary
+                  tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
+                  tier_summary
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
                   sets of a regrade, recorded as told
   gate 3, gate 4  outputs, then the circuit breaker
@@ -20,6 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import duckdb
+import polars as pl
 
 from transforms.core.calendar import Month
 from transforms.deliver.channels import Channel
@@ -94,7 +96,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
-            sets = month_sets(con, month, list(options.channels), gradable, expiring)
+            sets = month_sets(con, month, pack, list(options.channels), gradable, expiring)
             record_sets(con, sets)
         if gradable:
             with steps("gate_outputs"):
@@ -144,9 +146,11 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
     write_tier_assignment(con, month, pack.version, grading_inputs.metrics, graded.assignment,
                           grading_inputs.overrides)
     write_grade_change(con, month, snapshot, graded.changes)
+    write_grade_change(con, month, snapshot, graded.entitlement_changes, table="entitlement_change")
     rebuild_tier_history(con, month)
     rebuild_tier_current(con)
     write_tier_summary(con, month)
     return MonthlyResult(month, graded=True, subscribers=graded.assignment.height,
-                         changes=dict(graded.changes.group_by("change_type").len().iter_rows()),
+                         changes=dict(pl.concat([graded.changes, graded.entitlement_changes])
+                                      .group_by("change_type").len().iter_rows()),
                          tiers=dict(graded.assignment.group_by("tier").len().iter_rows()))

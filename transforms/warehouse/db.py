@@ -106,6 +106,12 @@ CREATE TABLE IF NOT EXISTS mart.grade_change (
     entitlements_gained VARCHAR[] NOT NULL, entitlements_lost VARCHAR[] NOT NULL,
     region_code VARCHAR, manager_id VARCHAR  -- the subscriber's owner in S(M), or when last seen
 );
+CREATE TABLE IF NOT EXISTS mart.entitlement_change (  -- tier unchanged, entitlements changed (a tag alone)
+    grade_month DATE NOT NULL, subs_id VARCHAR NOT NULL, from_tier VARCHAR NOT NULL, to_tier VARCHAR NOT NULL,
+    change_type VARCHAR NOT NULL, reason VARCHAR NOT NULL,  -- change_type ENTITLEMENTS; reason: M's tier reason
+    entitlements_gained VARCHAR[] NOT NULL, entitlements_lost VARCHAR[] NOT NULL,
+    region_code VARCHAR, manager_id VARCHAR
+);
 CREATE TABLE IF NOT EXISTS mart.tier_summary (
     grade_month DATE NOT NULL, region_code VARCHAR NOT NULL, tier VARCHAR NOT NULL,
     subscribers BIGINT NOT NULL, unchanged BIGINT NOT NULL, new_in BIGINT NOT NULL,

@@ -2,7 +2,7 @@
 
 Each function replaces the partition of one month (delete + insert), so reruns are idempotent: the monthly
 aggregates (mart.subscriber_month), the points ledger and balances, the graded tiers (mart.tier_assignment) and
-changes (mart.grade_change), and the tables derived from them: tier_history, tier_current, tier_summary.
+changes (mart.grade_change, mart.entitlement_change), and the tables derived from them: tier_history, tier_current, tier_summary.
 Inputs come as frames from transforms.grade (pure) or as SQL over the tables already written.
 """
 from __future__ import annotations
@@ -45,15 +45,16 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
         con.unregister("assigned")
 
 
-def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, changes: pl.DataFrame) -> None:
-    """mart.grade_change of M from grading.grade_changes, with the subscriber's region and account manager in
-    S(M) (or when last seen, for one who left)."""
-    con.execute("DELETE FROM mart.grade_change WHERE grade_month = ?", [month.first_day])
-    mark_changed(con, "grade_change", month.first_day)
+def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, changes: pl.DataFrame,
+                       table: str = "grade_change") -> None:
+    """mart.grade_change of M from grading.grade_changes (or, table "entitlement_change", its ENTITLEMENTS rows),
+    with the subscriber's region and account manager in S(M) (or when last seen, for one who left)."""
+    con.execute(f"DELETE FROM mart.{table} WHERE grade_month = ?", [month.first_day])
+    mark_changed(con, table, month.first_day)
     con.register("changes", changes)
     try:
-        con.execute("""
-            INSERT INTO mart.grade_change
+        con.execute(f"""
+            INSERT INTO mart.{table}
             SELECT $m, c.subs_id, c.from_tier, c.to_tier, c.change_type, c.reason, c.entitlements_gained,
                    c.entitlements_lost, who.region_code, who.manager_id
             FROM changes c LEFT JOIN raw.last_known_as_of($snap) who USING (subs_id)
@@ -220,7 +221,7 @@ def write_points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiring
 # table -> the column whose value partitions it in the published copy (None: published whole). tier_history by
 # valid_to: a spell never changes once closed (unless a regrade rewinds it), the open ones every month.
 PARTITIONED_BY = {"subscriber_month": "month", "points_balance": "month", "tier_assignment": "grade_month",
-                  "grade_change": "grade_month", "tier_summary": "grade_month", "tier_current": None,
+                  "grade_change": "grade_month", "entitlement_change": "grade_month", "tier_summary": "grade_month", "tier_current": None,
                   "tier_history": "valid_to"}
 WHOLE = "all"   # the partition of a table published whole
 OPEN = "open"   # tier_history's partition of the spells still in effect (valid_to NULL)
