@@ -6,6 +6,7 @@ from pathlib import Path
 
 from transforms.core.calendar import Month
 from transforms.ingest.control import encode_records, write_delivery
+from transforms.warehouse.db import connect
 
 
 def deliver(home: Path, day: str, file_name: str, lines: list[str], encoding: str = "GBK") -> Path:
@@ -67,3 +68,17 @@ class Province:
             rows = self.bills.get(month, [])
             deliver(home, (month + 1).first_day.replace(day=3).strftime("%Y%m%d"), f"BILL_{month.compact}.dat",
                     [f"{s}|{month.compact}|{item}|{amount}" for s, item, amount in rows])
+
+
+def lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """A written file's lines (an outbox file, say), decoded."""
+    return path.read_bytes().decode(encoding).splitlines()
+
+
+def query(home: Path, sql: str, params=None) -> list[tuple]:
+    """Rows of a query on the home's warehouse, opened read-only and closed again."""
+    con = connect(home, read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()

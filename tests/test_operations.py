@@ -27,9 +27,8 @@ import pytest
 
 from flows.cli import main
 from flows.pipeline import backfill_flow, nightly_flow
-from tests.builders import Province, Sub, deliver
+from tests.builders import Province, Sub, deliver, lines, query
 from transforms.core.calendar import Month, month_range
-from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
 JAN, JUN, JUL = Month(2026, 1), Month(2026, 6), Month(2026, 7)
@@ -67,16 +66,8 @@ def province(tmp_path_factory, prefect_harness) -> Path:
     return home
 
 
-def lines(path: Path, encoding: str = "utf-8") -> list[str]:
-    return path.read_bytes().decode(encoding).splitlines()
 
 
-def query(home: Path, sql: str, params=None) -> list[tuple]:
-    con = connect(home, read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def status(home: Path, capsys) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import Province, Sub, deliver
+from tests.builders import Province, Sub, deliver, query
 from transforms.core.calendar import Month, month_range
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import ingest_delivery
@@ -95,12 +95,6 @@ def home(timeline) -> Path:
     return timeline[0]
 
 
-def query(home: Path, sql: str, params=None) -> list[tuple]:
-    con = connect(home, read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def graded(home: Path, subs_id: str) -> dict[str, tuple[str, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.builders import Province, Sub, deliver
+from tests.builders import Province, Sub, deliver, lines
 from tests.test_monthly_golden import JUN, PACK
 from transforms.core.calendar import Month, month_range
 from transforms.core.resources import channels_config
@@ -81,8 +81,6 @@ def graded(tmp_path_factory):
     con.close()
 
 
-def lines(path: Path, encoding: str = "utf-8") -> list[str]:
-    return path.read_bytes().decode(encoding).splitlines()
 
 
 def test_a_tag_alone_gives_an_entitlements_row_not_a_grade_change(graded):

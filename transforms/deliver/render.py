@@ -57,33 +57,39 @@ def _snapshot_for(con, month: Month) -> date:
     return snap
 
 
-def change_facts(con: duckdb.DuckDBPyConnection, month: Month, records: pl.DataFrame) -> pl.DataFrame:
-    """Every field a change channel may carry for the given records of M (corrections.CHANGE_COLUMNS + kind):
-    the subscriber's contact and owner from S(M) (the last known version when absent), tags of M, the reason of
-    M's grade change (REVERSAL for a reversal), the effective date, sorted by subs_id."""
+def change_context(con: duckdb.DuckDBPyConnection, month: Month, subs_ids: pl.DataFrame) -> pl.DataFrame:
+    """What the change records of M say besides the change, for the subscribers of `subs_ids` (every change
+    channel's records at once: the lookups below read the whole subscriber history): msisdn, region_code,
+    manager_id from S(M) (the last known version when absent), tags of M and the reason of M's change."""
     if not scalar(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day]):
         raise ChannelError(f"{month} is not graded: no channel files")
-    con.register("channel_records", records)
+    con.register("channel_subs", subs_ids.select("subs_id").unique())
     try:
-        facts = con.sql("""
+        return con.sql("""
             WITH who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
-                         SEMI JOIN channel_records USING (subs_id)),
+                         SEMI JOIN channel_subs USING (subs_id)),
                  tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m),
                  why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m
                          UNION ALL SELECT subs_id, reason FROM mart.entitlement_change WHERE grade_month = $m)
-            SELECT r.subs_id, who.msisdn, r.from_tier, r.to_tier, r.change_type,
-                   CASE WHEN r.kind = 'REVERSAL' THEN 'REVERSAL' ELSE why.reason END AS reason,
-                   $effective AS effective_date, $grade_month AS grade_month,
-                   list_sort(r.entitlements_gained) AS entitlements_gained,
-                   list_sort(r.entitlements_lost) AS entitlements_lost,
-                   who.region_code, who.manager_id, list_sort(coalesce(tags.tags, []::VARCHAR[])) AS tags
-            FROM channel_records r LEFT JOIN who USING (subs_id) LEFT JOIN tags USING (subs_id)
-            LEFT JOIN why USING (subs_id)
-            ORDER BY r.subs_id""", params={
-            "m": month.first_day, "snap": _snapshot_for(con, month),
-            "effective": (month + 1).first_day.strftime("%Y%m%d"), "grade_month": month.compact}).pl()
+            SELECT c.subs_id, who.msisdn, who.region_code, who.manager_id,
+                   list_sort(coalesce(tags.tags, []::VARCHAR[])) AS tags, why.reason
+            FROM channel_subs c LEFT JOIN who USING (subs_id) LEFT JOIN tags USING (subs_id)
+            LEFT JOIN why USING (subs_id)""", params={"m": month.first_day, "snap": _snapshot_for(con, month)}).pl()
     finally:
-        con.unregister("channel_records")
+        con.unregister("channel_subs")
+
+
+def change_facts(month: Month, records: pl.DataFrame, context: pl.DataFrame) -> pl.DataFrame:
+    """Every field a change channel may carry for the given records of M (corrections.CHANGE_COLUMNS + kind),
+    with their `context` (change_context): the reason (REVERSAL for a reversal), the effective date, the
+    entitlements sorted, and their BOSS form, sorted by subs_id."""
+    facts = records.join(context, on="subs_id", how="left").select(
+        "subs_id", "msisdn", "from_tier", "to_tier", "change_type",
+        reason=pl.when(pl.col("kind") == "REVERSAL").then(pl.lit("REVERSAL")).otherwise(pl.col("reason")),
+        effective_date=pl.lit((month + 1).first_day.strftime("%Y%m%d")), grade_month=pl.lit(month.compact),
+        entitlements_gained=pl.col("entitlements_gained").list.sort(),
+        entitlements_lost=pl.col("entitlements_lost").list.sort(),
+        region_code="region_code", manager_id="manager_id", tags="tags").sort("subs_id")
     # BOSS form of the entitlement changes: gained then lost, each sorted, e.g. +VIP_LOUNGE;-NIGHT_NO_SUSPEND
     signed = pl.concat_list(pl.col("entitlements_gained").list.eval(pl.lit("+") + pl.element()),
                             pl.col("entitlements_lost").list.eval(pl.lit("-") + pl.element()))

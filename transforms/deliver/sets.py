@@ -23,7 +23,8 @@ from transforms.core.calendar import Month
 from transforms.deliver.channels import AT_RISK, CHANGES, DAILY_LOST, POINTS, Channel, by_feed
 from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
                                             told_state)
-from transforms.deliver.render import OutFile, at_risk_facts, change_facts, lost_facts, points_facts, render
+from transforms.deliver.render import (OutFile, at_risk_facts, change_context, change_facts, lost_facts, points_facts,
+                                      render)
 from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import scalar
 
@@ -53,13 +54,17 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
     """The sets month M sends now: when graded, per change channel the difference between M's changes (graded
     with `pack`) and what it was told, per at-risk channel the notices not yet sent; per points channel the
     notices not yet sent (`expiring`: subs_id, points)."""
-    sets = []
+    sets, due = [], []  # due: (channel, its file, the records it is sent)
     for channel in by_feed(channels, CHANGES) if graded else []:
         records = change_set(_in_force(con, month, channel.changes), told_state(_sent(con, channel.name, month)),
                              channel.carries_entitlements)
         relpath = _free_relpath(con, channel.relpath(month))
         if records.height or relpath == channel.relpath(month):
-            out = render(channel, change_facts(con, month, records), relpath)
+            due.append((channel, relpath, records))
+    if due:
+        context = change_context(con, month, pl.concat([records.select("subs_id") for _, _, records in due]))
+        for channel, relpath, records in due:
+            out = render(channel, change_facts(month, records, context), relpath)
             sets.append(ChannelSet(channel.name, month, CHANGE, records, out))
     notices = [(c, points_facts(con, month, expiring), {"points": "points"}) for c in by_feed(channels, POINTS)]
     if graded:
