@@ -22,7 +22,8 @@ from transforms.runs.lock import RunLocked, writer_lock
 from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
-MARTS = ["subscriber_month", "points_balance", "tier_assignment", "tier_history", "grade_change", "tier_summary"]
+MARTS = ["subscriber_month", "points_balance", "tier_assignment", "tier_history", "grade_change", "entitlement_change",
+         "tier_summary"]
 
 
 def digest(path: Path) -> str:

@@ -66,10 +66,6 @@ def province(tmp_path_factory, prefect_harness) -> Path:
     return home
 
 
-
-
-
-
 def status(home: Path, capsys) -> str:
     capsys.readouterr()
     assert main(["status", "--home", str(home)]) == 0

@@ -95,8 +95,6 @@ def home(timeline) -> Path:
     return timeline[0]
 
 
-
-
 def graded(home: Path, subs_id: str) -> dict[str, tuple[str, str]]:
     rows = query(home, "SELECT grade_month, tier, reason FROM mart.tier_assignment WHERE subs_id = ? "
                        "ORDER BY grade_month", [subs_id])

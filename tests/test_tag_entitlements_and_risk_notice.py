@@ -16,16 +16,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from tests.builders import Province, Sub, deliver, lines
 from tests.test_monthly_golden import JUN, PACK
 from transforms.core.calendar import Month, month_range
-from transforms.core.resources import channels_config
-from transforms.deliver.channels import load_channels
+from transforms.core.resources import channels_config, rules_dir
+from transforms.deliver.channels import ChannelError, load_channels
 from transforms.deliver.outbox import write_outbox
+from transforms.deliver.sets import month_sets, told_counts
+from transforms.grade.rulepack import load_pack
 from transforms.ingest.landing import scan_landing
-from transforms.deliver.sets import told_counts
 from transforms.ingest.load import ingest_delivery
 from transforms.quality.gates import gate_outputs, outputs_frame
 from transforms.runs.monthly import MonthlyOptions, run_monthly
@@ -81,12 +83,10 @@ def graded(tmp_path_factory):
     con.close()
 
 
-
-
 def test_a_tag_alone_gives_an_entitlements_row_not_a_grade_change(graded):
     _, con, _, results = graded
-    assert con.execute("SELECT count(*) FROM mart.grade_change WHERE grade_month = ?", [JUL.first_day]).fetchone() \
-        == (0,)
+    assert con.execute("SELECT count(*) FROM mart.grade_change WHERE grade_month = ?", [JUL.first_day]).fetchall() \
+        == [(0,)]
     assert con.execute("""SELECT subs_id, from_tier, to_tier, change_type, reason, entitlements_gained,
                                  entitlements_lost FROM mart.entitlement_change""").fetchall() == [
         ("N", "STAR3", "STAR3", "ENTITLEMENTS", "AVG6", ["ACCOUNT_MANAGER", "PRIORITY_COUNTER"], [])]
@@ -149,6 +149,15 @@ def test_a_corrected_snapshot_reverses_the_entitlements_and_tells_no_one_twice(g
     assert lines(outbox / "boss" / "202607" / "GRADE_CHG_202607_02.dat", "gbk") == [
         f"N|{MSISDN}|STAR3|STAR3|REVERSAL|20260801|-ACCOUNT_MANAGER;-PRIORITY_COUNTER"]
     assert lines(outbox / "boss" / "202607" / "GRADE_CHG_202607.dat", "gbk") == [BOSS_N]  # never rewritten
-    assert con.execute("SELECT count(*) FROM mart.entitlement_change").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM mart.entitlement_change").fetchall() == [(0,)]
     # R is still at risk with the same tier: no second notice, no correction file for sms or crm
     assert sorted(f.relpath for f in result.files) == ["boss/202607/GRADE_CHG_202607_02.dat"]
+
+
+def test_the_at_risk_channel_refuses_a_pack_without_the_tag(graded):
+    _, con, options, _ = graded
+    points_level = load_pack(rules_dir() / "points-level.yaml")
+    assert "DOWNGRADE_RISK" not in points_level.tags
+    no_expiry = pl.DataFrame(schema={"subs_id": pl.String, "points": pl.Int64})
+    with pytest.raises(ChannelError, match=r"sms_at_risk .* DOWNGRADE_RISK, a tag pack points-level"):
+        month_sets(con, JUL, points_level, list(options.channels), True, no_expiry)

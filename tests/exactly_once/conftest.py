@@ -36,7 +36,7 @@ FILES = [p for p in REACHED if "-commit:" not in p]  # renames and the publish s
 # What a rerun must reproduce exactly: every mart table, and the ops tables without run ids and clock times.
 COMPARED = {
     **{f"mart.{t}": "*" for t in ("subscriber_month", "points_balance", "tier_assignment", "tier_current",
-                                  "tier_history", "grade_change", "tier_summary")},
+                                  "tier_history", "grade_change", "entitlement_change", "tier_summary")},
     "ops.delivery": "file_name, day, status, md5, loaded, quarantined, carried_forward",
     "ops.quarantine": "file_name, day, line_no, raw_text, reason, detail",
     "ops.month_state": "month, graded, pack_version, fingerprint",

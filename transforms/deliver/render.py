@@ -1,8 +1,8 @@
 """Channel records (outputs.md "Channel files"): the facts of each feed and their bytes in each channel's format.
 
-Rendering is set-based (DuckDB for the facts, Polars for the lines) and deterministic: rows sorted by subs_id,
-JSON with fixed key order and separators, `\\n` line ends, no timestamps, so a rerun produces byte-identical
-files. Facts per feed:
+Rendering is set-based (DuckDB for the lookups, Polars for the records and lines) and deterministic: rows sorted
+by subs_id, JSON with fixed key order and separators, `\\n` line ends, no timestamps, so a rerun produces
+byte-identical files. Facts per feed:
 - changes (boss, sms, crm): mart.grade_change rows of M (and mart.entitlement_change rows for a channel that
   selects ENTITLEMENTS), with msisdn / region_code / manager_id from S(M) (the last known version for a
   subscriber absent from S(M)) and tags from mart.tier_assignment of M;

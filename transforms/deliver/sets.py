@@ -4,7 +4,7 @@ A graded month sends each change channel its first file (set 1, `GRADE_CHG_20251
 when nothing changed), and every regrade that changes what the channel must know sends a numbered correction
 set (`GRADE_CHG_202512_02.dat`, ...) holding only the difference (transforms.deliver.corrections). The
 points-expiry notice and the opt-in at-risk notice work the same way, without reversals (a reminder is not taken
-back; a subscriber is told again only when what the notice says changed). A day whose ACCT
+back; a subscriber is told again only when their points, or their tier at risk, changed). A day whose ACCT
 snapshot shows cancellations sends the nightly LOST notices, which count as told to the SMS gateway for that
 day's month, so the month's SMS file does not repeat them.
 
@@ -20,7 +20,8 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.deliver.channels import AT_RISK, CHANGES, DAILY_LOST, POINTS, Channel, by_feed
+from transforms.deliver.channels import (AT_RISK, AT_RISK_TAG, CHANGES, DAILY_LOST, POINTS, Channel, ChannelError,
+                                        by_feed)
 from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
                                             told_state)
 from transforms.deliver.render import (OutFile, at_risk_facts, change_context, change_facts, lost_facts, points_facts,
@@ -37,7 +38,7 @@ class ChannelSet:
     channel: str            # the channel the records count as told to (the gateway for nightly notices)
     period: Month           # the grading month they are about
     kind: str               # CHANGE (with REVERSAL records), NIGHTLY_LOST or NOTICE
-    records: pl.DataFrame   # subs_id and what was told: CHANGE_COLUMNS (+ kind) or points
+    records: pl.DataFrame   # subs_id and what was told: CHANGE_COLUMNS (+ kind), points, or to_tier (at risk)
     out: OutFile
 
 
@@ -67,7 +68,11 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
             out = render(channel, change_facts(month, records, context), relpath)
             sets.append(ChannelSet(channel.name, month, CHANGE, records, out))
     notices = [(c, points_facts(con, month, expiring), {"points": "points"}) for c in by_feed(channels, POINTS)]
-    if graded:
+    if graded and by_feed(channels, AT_RISK):
+        if AT_RISK_TAG not in pack.tags:
+            raise ChannelError(f"channel sms_at_risk tells the subscribers tagged {AT_RISK_TAG}, a tag pack "
+                               f"{pack.name} (version {pack.version}) does not define: remove the channel from "
+                               "the configuration or grade with a pack that has the tag")
         notices += [(c, at_risk_facts(con, month, pack), {"tier": "to_tier"}) for c in by_feed(channels, AT_RISK)]
     for channel, facts, told_as in notices:
         sets += _notice_set(con, month, channel, facts, told_as)

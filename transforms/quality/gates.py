@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # ingestion runs gate 1 without loading the rule engine
 __all__ = ["GateFailed", "GateResult", "gate_breaker", "gate_grading_inputs", "gate_outputs", "gate_raw_file"]
 
 
-
 # --- frames ----------------------------------------------------------------------------------------------------
 
 def _frame(rows: list[dict], schema: list[tuple[str, pa.DataType]]) -> pd.DataFrame:
@@ -307,9 +306,10 @@ def gate_outputs(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
     equal to the changes recomputed from the tiers of M and M-1, mart.entitlement_change rows only for
     subscribers without one, at their tier of M, and channel file counts equal the change rows they select.
 
-    channel_counts: {channel: records_written} compares with all grade_change rows of M;
-    {channel: (records_written, change_types)} with the rows of those change types only (a channel configured
-    for some changes). Count grade-change records only (not, e.g., points-expiry notices). None: not checked.
+    channel_counts: {channel: records_written} compares with all change rows of M (every type of
+    deliver.channels.CHANGE_TYPES, ENTITLEMENTS included); {channel: (records_written, change_types)} with the
+    rows of those change types only (a channel configured for some changes). Count change records only (not, e.g.,
+    points-expiry notices). None: not checked.
     """
     frame = outputs_frame(con, month, pack, channel_counts)
     return run_suite("outputs", frame, {"tiers": list(pack.tiers)}, results_dir)

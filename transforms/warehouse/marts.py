@@ -2,7 +2,8 @@
 
 Each function replaces the partition of one month (delete + insert), so reruns are idempotent: the monthly
 aggregates (mart.subscriber_month), the points ledger and balances, the graded tiers (mart.tier_assignment) and
-changes (mart.grade_change, mart.entitlement_change), and the tables derived from them: tier_history, tier_current, tier_summary.
+changes (mart.grade_change, mart.entitlement_change), and the tables derived from them: tier_history,
+tier_current, tier_summary.
 Inputs come as frames from transforms.grade (pure) or as SQL over the tables already written.
 """
 from __future__ import annotations
@@ -221,8 +222,8 @@ def write_points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiring
 # table -> the column whose value partitions it in the published copy (None: published whole). tier_history by
 # valid_to: a spell never changes once closed (unless a regrade rewinds it), the open ones every month.
 PARTITIONED_BY = {"subscriber_month": "month", "points_balance": "month", "tier_assignment": "grade_month",
-                  "grade_change": "grade_month", "entitlement_change": "grade_month", "tier_summary": "grade_month", "tier_current": None,
-                  "tier_history": "valid_to"}
+                  "grade_change": "grade_month", "entitlement_change": "grade_month", "tier_summary": "grade_month",
+                  "tier_current": None, "tier_history": "valid_to"}
 WHOLE = "all"   # the partition of a table published whole
 OPEN = "open"   # tier_history's partition of the spells still in effect (valid_to NULL)
 
