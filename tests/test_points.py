@@ -9,6 +9,8 @@ import pytest
 from transforms.core.calendar import Month
 from transforms.grade import points
 from transforms.grade.points import prior_year_points
+from transforms.warehouse.db import connect
+from transforms.warehouse.inputs import lot_totals, open_lots
 
 MAY = Month.parse("2026-05")  # M-36 = 2023-05, M-35 = 2023-06
 EXPIRY = 36  # six-star's points.expiry_months: points of M expire at the end of M+36
@@ -258,3 +260,29 @@ def test_output_schemas_when_nothing_happens():
     assert result.rejected.columns == ["txn_id", "subs_id", "txn_time", "points", "balance_at_time"]
     assert result.balances.columns == ["subs_id", "earned", "redeemed", "expired", "balance"]
     assert result.accepted.height == result.new_lots.height == result.balances.height == 0
+
+
+def test_lot_totals_and_the_redeemers_lots_read_from_the_warehouse_by_hand(tmp_path):
+    """inputs.lot_totals / open_lots over staging.points_lot and points_move, month M = 2026-05 (lots of
+    2023-05..2026-04 are open during M; moves count when made before M):
+    A: 2023-04 (500, older than M-36: gone), 2023-05 (100, 40 redeemed in 2024-02: 60 left, expires at the end
+       of M), 2024-01 (50, 10 redeemed in 2024-03: 40 left; 5 more in M itself, a rerun of M: not counted),
+       2026-05 (999, earned in M: not open during M) -> opening 100, expiring 60;
+    B: 2025-01 (30) -> opening 30, expiring 0; C: 2025-02 (20, all redeemed in 2025-06) -> no open lot.
+    Redemptions dated in M: B's only (A's is dated 2026-06-01)."""
+    con = connect(tmp_path)
+    con.execute("INSERT INTO staging.points_lot VALUES ('A', '2023-04-01', 500), ('A', '2023-05-01', 100), "
+                "('A', '2024-01-01', 50), ('A', '2026-05-01', 999), ('B', '2025-01-01', 30), ('C', '2025-02-01', 20)")
+    con.execute("INSERT INTO staging.points_move VALUES ('2023-06-01', 'A', '2023-04-01', 0, 500), "
+                "('2024-02-01', 'A', '2023-05-01', 40, 0), ('2024-03-01', 'A', '2024-01-01', 10, 0), "
+                "('2026-05-01', 'A', '2024-01-01', 5, 0), ('2025-06-01', 'C', '2025-02-01', 20, 0)")
+    con.execute("INSERT INTO raw.redeem VALUES ('REDEEM_20260509.dat', 1, 'R1', 'B', '2026-05-09 10:00:00', 5, "
+                "'APP'), ('REDEEM_20260601.dat', 1, 'R2', 'A', '2026-06-01 00:00:00', 5, 'APP')")
+    totals = lot_totals(con, MAY, EXPIRY).sort("subs_id")
+    assert as_dicts(totals, "subs_id", "opening", "expiring") == {"A": (100, 60), "B": (30, 0)}
+    every_lot = open_lots(con, MAY, EXPIRY).sort("subs_id", "earn_month")
+    assert every_lot.rows() == [("A", date(2023, 5, 1), 60), ("A", date(2024, 1, 1), 40), ("B", date(2025, 1, 1), 30)]
+    assert open_lots(con, MAY, EXPIRY, redeemers_only=True).rows() == [("B", date(2025, 1, 1), 30)]
+    # the same totals as summing the lots in Polars (points._lot_totals, which apply_points_month uses)
+    assert points._lot_totals(every_lot, (MAY - EXPIRY).first_day).sort("subs_id").equals(totals)
+    con.close()

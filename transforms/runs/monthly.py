@@ -28,7 +28,7 @@ from transforms.deliver.channels import Channel
 from transforms.deliver.render import OutFile
 from transforms.deliver.sets import month_sets, record_sets, told_counts
 from transforms.grade.grading import GradingInputs, grade
-from transforms.grade.points import apply_points_month
+from transforms.grade.points import apply_points_to_totals
 from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
@@ -129,8 +129,9 @@ def _require_inputs(con, month: Month) -> date:
 def _points(con, month: Month, pack: RulePack) -> dict:
     """Redemptions, expiry and accrual of M (rules.md 'Points'), written to the ledger and mart.points_balance."""
     expiry = pack.points.expiry_months
-    result = apply_points_month(month, inputs.open_lots(con, month, expiry), inputs.redemptions_of(con, month),
-                                inputs.accrual_base(con, month, pack), expiry)
+    result = apply_points_to_totals(month, inputs.lot_totals(con, month, expiry),
+                                    inputs.open_lots(con, month, expiry, redeemers_only=True),
+                                    inputs.redemptions_of(con, month), inputs.accrual_base(con, month, pack), expiry)
     write_points(con, month, result)
     return {"earned": int(result.balances["earned"].sum() or 0),
             "redeemed": int(result.balances["redeemed"].sum() or 0),

@@ -99,18 +99,45 @@ def assignment_of(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
 
 # --- points --------------------------------------------------------------------------------------------------
 
-def open_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
+def open_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int,
+              redeemers_only: bool = False) -> pl.DataFrame:
     """Points lots with something left at the end of M-1 (subs_id, earn_month, remaining); lots older than the
-    expiry are gone, their moves never read again."""
-    return con.sql("""
+    expiry are gone, their moves never read again. `redeemers_only`: the lots of the subscribers with a
+    redemption dated in M (what the FIFO of points.apply_points_to_totals reads)."""
+    redeemers = ("AND l.subs_id IN (SELECT subs_id FROM raw.redeem WHERE txn_time >= $m AND txn_time < $next)"
+                 if redeemers_only else "")
+    return con.sql(f"""
         SELECT l.subs_id, l.earn_month,
                CAST(l.earned - coalesce(sum(mv.redeemed + mv.expired), 0) AS BIGINT) AS remaining
         FROM staging.points_lot l
         LEFT JOIN staging.points_move mv
                ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month < $m
               AND mv.earn_month >= $oldest
-        WHERE l.earn_month < $m AND l.earn_month >= $oldest
+        WHERE l.earn_month < $m AND l.earn_month >= $oldest {redeemers}
         GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""",
+                   params={"m": month.first_day, "oldest": (month - expiry_months).first_day,
+                           **({"next": (month + 1).first_day} if redeemers_only else {})}).pl()
+
+
+def lot_totals(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
+    """Per subscriber with open lots at the end of M-1: subs_id, opening (what is left of all their lots),
+    expiring (what is left of the lot that expires at the end of M). The same as summing open_lots per
+    subscriber, without building the lots: what is left of a subscriber's lots is what they earned minus what
+    moved (redeemed or expired) out of them, and no lot is ever left below zero. The oldest lot still open is the
+    one that expires at the end of M."""
+    return con.sql("""
+        WITH earned AS (
+                SELECT subs_id, sum(earned) AS earned, sum(earned) FILTER (WHERE earn_month = $oldest) AS exp_earned
+                FROM staging.points_lot WHERE earn_month < $m AND earn_month >= $oldest GROUP BY subs_id),
+             moved AS (
+                SELECT subs_id, sum(redeemed + expired) AS moved,
+                       sum(redeemed + expired) FILTER (WHERE earn_month = $oldest) AS exp_moved
+                FROM staging.points_move WHERE month < $m AND earn_month < $m AND earn_month >= $oldest
+                GROUP BY subs_id)
+        SELECT subs_id, CAST(earned - coalesce(moved, 0) AS BIGINT) AS opening,
+               CAST(coalesce(exp_earned, 0) - coalesce(exp_moved, 0) AS BIGINT) AS expiring
+        FROM earned LEFT JOIN moved USING (subs_id)
+        WHERE earned - coalesce(moved, 0) > 0""",
                    params={"m": month.first_day, "oldest": (month - expiry_months).first_day}).pl()
 
 
