@@ -3,12 +3,15 @@ a version writes only the partitions a run changed, an analyst holding an older 
 state, and versions nobody can hold any more are cleaned up."""
 from __future__ import annotations
 
+import shutil
+
 import duckdb
 import pytest
 
 from tests.test_monthly_golden import ACCEPT, JUL, PACK, graded_golden
 from transforms.runs.monthly import run_monthly
 from transforms.runs.publish import publish, published_path
+from transforms.warehouse.db import connect
 
 TABLES = ("subscriber_month", "points_balance", "tier_assignment", "tier_current", "tier_history", "grade_change",
           "tier_summary")
@@ -78,3 +81,23 @@ def test_an_analyst_keeps_the_version_opened_before_a_run_then_it_is_cleaned_up(
     assert versions == ["v3.duckdb"]  # v1 and v2 are held by nobody: gone, with the files only they read
     assert "tier_assignment/2026-07-01.v1.parquet" not in version_files(home, 1)
     assert version_files(home, 1)  # the partitions v3 still reads (unchanged since v1) stay
+
+
+def test_a_home_moved_elsewhere_publishes_from_where_it_now_is(home, tmp_path_factory):
+    """A home restored from a backup to another path: the next publish names the files where they now are (the
+    old home is gone, so a view over the old paths would read nothing)."""
+    old, con = home
+    publish(con, old)
+    expected = contents(published_path(old))
+    con.close()
+    moved = tmp_path_factory.mktemp("moved") / "home"
+    shutil.copytree(old, moved, symlinks=True)
+    shutil.rmtree(old / "published")
+    con = connect(moved)
+    try:
+        publish(con, moved)
+        assert contents(published_path(moved)) == expected
+        manifest = (moved / "published" / "versions" / "v2.files.json").read_text()
+        assert str(old) not in manifest and str(moved) in manifest
+    finally:
+        con.close()

@@ -13,8 +13,9 @@ A published version is a small DuckDB file of views over its partition files (an
 
 An analyst connected to an older version keeps reading a consistent state: its files stay until no process
 holds that version open (seen in /proc) and a grace period for readers on other machines has passed
-(TIERFLOW_PUBLISH_GRACE_SECONDS, default 600). The views name their files by absolute path: keep
-`published/` where it is, or publish again after moving the home. A failed run never gets here.
+(TIERFLOW_PUBLISH_GRACE_SECONDS, default 600). The views name their files by absolute path, so a version
+opened from a moved or restored home reads nothing; the next publish there (any run's) names every file under
+the home where it now is. A failed run never gets here.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def publish(con: duckdb.DuckDBPyConnection, home: Path) -> Path:
     version = _next_version(con, root)
     changed = _changed_partitions(con)
     written = [_write_partition(con, root, table, part, version) for table, part in changed]
-    files = _files_after(con, written)
+    files = _files_after(con, root, written)
     version_file = _write_version(con, root, version, files)
     _swap(published_path(home), version_file)
     with transaction(con, "publish"):
@@ -115,11 +116,12 @@ def _write_partition(con, root: Path, table: str, part: str, version: int) -> tu
     return table, part, str(path), rows
 
 
-def _files_after(con, written: list[tuple]) -> dict[str, list[str]]:
-    """Per mart table, the files of the new version: the partitions written now, the others as published."""
+def _files_after(con, root: Path, written: list[tuple]) -> dict[str, list[str]]:
+    """Per mart table, the files of the new version: the partitions written now, the others as published,
+    found under `root` (the home may have been moved or restored elsewhere since they were written)."""
     files = {table: {} for table in PARTITIONED_BY}
     for table, part, path in con.execute("SELECT table_name, part, path FROM ops.published_file").fetchall():
-        files[table][part] = path
+        files[table][part] = str(root / "data" / table / Path(path).name)
     for table, part, path, _ in written:
         if path:
             files[table][part] = path
