@@ -52,6 +52,8 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
     with the subscriber's region and account manager in S(M) (or when last seen, for one who left)."""
     con.execute(f"DELETE FROM mart.{table} WHERE grade_month = ?", [month.first_day])
     mark_changed(con, table, month.first_day)
+    if changes.height == 0:  # the owner lookup reads the whole subscriber history: not for nothing
+        return
     con.register("changes", changes)
     try:
         con.execute(f"""
