@@ -71,14 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     nightly = sub.add_parser("nightly", parents=[home], help="ingest everything delivered up to a day")
     nightly.add_argument("--day", type=_day, required=True)
 
-    monthly = sub.add_parser("monthly", parents=[home], help="the monthly grading run of a month")
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--workers", type=_positive, default=None,
+                         help="grade over subscriber shards on a Dask cluster of N worker processes on this machine")
+    cluster.add_argument("--dask-address", default=None,
+                         help="grade over shards on the Dask cluster at tcp://HOST:PORT (default "
+                              "$TIERFLOW_DASK_ADDRESS); its workers must see the home at the same path")
+
+    monthly = sub.add_parser("monthly", parents=[home, cluster], help="the monthly grading run of a month")
     monthly.add_argument("--month", type=_month, required=True)
     monthly.add_argument("--rules", default=None, help="rule pack name in rules/ or a path (default six-star)")
     monthly.add_argument("--accept-mass-change", action="store_true",
                          help="publish although DOWNGRADE + LOST exceed the circuit breaker's share")
     monthly.add_argument("--reason", default=None, help="why the mass change is accepted (kept in the run ledger)")
 
-    backfill = sub.add_parser("backfill", parents=[home], help="every nightly and monthly run of a range")
+    backfill = sub.add_parser("backfill", parents=[home, cluster], help="every nightly and monthly run of a range")
     backfill.add_argument("--start", type=_month, required=True)
     backfill.add_argument("--end", type=_month, required=True)
     backfill.add_argument("--rules", default=None)
@@ -164,17 +171,20 @@ def cmd_nightly(args, home: Path) -> int:
 
 
 def cmd_monthly(args, home: Path) -> int:
+    from flows.dask import on_cluster
     from flows.pipeline import monthly_flow
     if args.accept_mass_change and not (args.reason or "").strip():
         raise ValueError("--accept-mass-change needs --reason \"...\" (it is kept in the run ledger)")
     reason = args.reason.strip() if args.accept_mass_change else None
-    print(monthly_flow(str(home), args.month, args.rules, reason))
+    print(on_cluster(monthly_flow, args.workers, args.dask_address)(str(home), args.month, args.rules, reason))
     return 0
 
 
 def cmd_backfill(args, home: Path) -> int:
+    from flows.dask import on_cluster
     from flows.pipeline import backfill_flow
-    lines = backfill_flow(str(home), args.start, args.end, args.rules, args.dry_run)
+    lines = on_cluster(backfill_flow, args.workers, args.dask_address)(str(home), args.start, args.end, args.rules,
+                                                                      args.dry_run)
     print("\n".join(lines) if lines else "nothing to do: every month is up to date")
     return 0
 

@@ -8,6 +8,7 @@ warehouse itself, so tasks can run in other processes and only one of them write
 """
 from __future__ import annotations
 
+import shutil
 from functools import cache
 from datetime import date, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
+from flows.dask import DaskError, shards_of_run
 from flows.serve import DEFAULT_TIMEZONE, prepare_served_run
 from transforms.core.calendar import Month, parse_day
 from transforms.core.files import remove_leftovers_under
@@ -32,6 +34,7 @@ from transforms.runs.lock import writer_lock
 from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
 from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.runs.owed import deliver_owed
+from transforms.runs.shards import work_folder
 from transforms.warehouse.db import connect, scalar, snapshot_date_for
 
 
@@ -72,6 +75,7 @@ def recover(home: str) -> dict:
         for run_id in interrupted:
             progress(f"  run {run_id} had been interrupted: closed as INTERRUPTED")
             remove_leftovers_under(quality_dir(Path(home), run_id))  # results it was writing when it died
+            shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)  # its shards' files
         delivered = deliver_owed(con, Path(home), publishing=False)
         if delivered["files"]:
             progress(f"  delivered {len(delivered['files'])} owed channel file(s)")
@@ -151,23 +155,27 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
             return f"{target}: up to date"
         run_id = start_run(con, "monthly", str(target), pack.name, pack.version)
         accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
-        options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
-                                 accept_mass_change=accept_reason is not None,
-                                 previous_pack=_pack_in_force(rules, target - 1))
         with failing_closes(con, run_id, checks=accepted):
+            options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
+                                     accept_mass_change=accept_reason is not None,
+                                     previous_pack=_pack_in_force(rules, target - 1),
+                                     shards=shards_of_run(home, run_id))
             try:
                 result = run_monthly(con, target, pack, run_id, options)
             except GateFailed as exc:
                 finish_run(con, run_id, "FAILED", str(exc), input_files=input_files(con, target),
                            checks={"failed_gate": exc.result.as_dict()} | accepted)
                 raise RunFailed(str(exc)) from None
-            except MonthlyError as exc:
+            except (MonthlyError, DaskError) as exc:
                 raise RunFailed(str(exc)) from None
+            finally:
+                shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)
             delivered = deliver_owed(con, Path(home), publishing=False)  # the flow publishes once, at its end
             finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
                        output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],
                        checks={"graded": result.graded, "tiers": result.tiers, "changes": result.changes,
-                               "points": result.points, "gates": result.checks} | accepted,
+                               "points": result.points, "gates": result.checks} | accepted
+                       | ({"shards": options.shards.count} if options.shards else {}),
                        timings=result.timings)
         progress(f"  {len(delivered['files'])} channel file(s) written")
         return result.line()

@@ -3,7 +3,8 @@
 `TIERFLOW_FAULT=<point>` (or `<point>#<n>` for its n-th occurrence, counting from 1) makes the process exit at
 once (os._exit, no cleanup, no flush of anything not yet durable) when it reaches that point. The points are
 every boundary where a crash could split work from its effects: right before and right after each commit, each
-file rename and each swap of the published copy. Without the variable this is one dictionary lookup.
+file rename and each swap of the published copy; and inside a shard's step of a sharded run (transforms.runs.shards),
+where the process that dies is a worker's. Without the variable this is one dictionary lookup.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ _FILES = ("outbox", "report", "results", "published", "landing")
 POINTS = tuple(
     [f"{when}-commit:{unit}" for unit in _UNITS for when in ("before", "after")]
     + [f"{when}-rename:{kind}" for kind in _FILES for when in ("before", "after")]
-    + [f"{when}-swap:publish" for when in ("before", "after")])
+    + [f"{when}-swap:publish" for when in ("before", "after")]
+    + [f"in-shard:{step}" for step in ("metrics", "grade")])  # a worker process of a sharded run dies
 
 _seen: dict[str, int] = {}
 

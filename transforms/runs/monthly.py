@@ -4,7 +4,8 @@ The steps, in order (each timed for ops.run_ledger):
   aggregate       BILL_M -> mart.subscriber_month (earlier months come from the stored aggregates)
   gate 2          grading inputs (quality.gates.gate_grading_inputs)
   points          redemptions, expiry and accrual of M -> points ledger and mart.points_balance
-  grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M ->
+  grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M (or
+                  over subscriber shards, transforms.runs.shards, when options.shards is given) ->
                   tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
                   tier_summary
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
@@ -33,6 +34,7 @@ from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
 from transforms.runs.owed import PUBLISH, REPORT, owe, owe_files
+from transforms.runs.shards import ShardMap, grade_on_shards
 from transforms.runs.month_state import (MonthlyError, check_ordering, record_month_state, require_bill,
                                          window_complete)
 from transforms.warehouse import inputs
@@ -48,6 +50,7 @@ class MonthlyOptions:
     channels: tuple[Channel, ...] = ()     # channel configuration; empty = render no channel files
     accept_mass_change: bool = False       # the operator accepted a tripped circuit breaker
     previous_pack: RulePack | None = None  # the pack version in force for M-1 (default: M's pack)
+    shards: ShardMap | None = None         # grade over subscriber shards (transforms.runs.shards); None: here
 
 
 @dataclass
@@ -91,7 +94,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             write_points_expiring(con, month, expiring)
         if gradable:
             with steps("grade"):
-                result = _grade(con, month, pack, previous_pack, snapshot)
+                result = _grade(con, month, pack, previous_pack, snapshot, options.shards)
         else:
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
@@ -139,13 +142,17 @@ def _points(con, month: Month, pack: RulePack) -> dict:
             "rejected_redemptions": result.rejected.height}
 
 
-def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date) -> MonthlyResult:
-    grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
-                                   inputs.active_overrides(con, month), inputs.tier_spells(con, month),
-                                   inputs.assignment_of(con, month - 1))
-    graded = grade(pack, grading_inputs, previous_pack)
-    write_tier_assignment(con, month, pack.version, grading_inputs.metrics, graded.assignment,
-                          grading_inputs.overrides)
+def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,
+           shards: ShardMap | None) -> MonthlyResult:
+    if shards is None:
+        grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
+                                       inputs.active_overrides(con, month), inputs.tier_spells(con, month),
+                                       inputs.assignment_of(con, month - 1))
+        metrics, overrides = grading_inputs.metrics, grading_inputs.overrides
+        graded = grade(pack, grading_inputs, previous_pack)
+    else:
+        metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards)
+    write_tier_assignment(con, month, pack.version, metrics, graded.assignment, overrides)
     write_grade_change(con, month, snapshot, graded.changes)
     write_grade_change(con, month, snapshot, graded.entitlement_changes, table="entitlement_change")
     rebuild_tier_history(con, month)

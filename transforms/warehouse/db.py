@@ -23,6 +23,13 @@ DEFAULT_MEMORY_LIMIT = os.environ.get("TIERFLOW_MEMORY_LIMIT", "6GB")
 
 _ITEM_COLUMNS = ", ".join(f"{item.lower()}_fen BIGINT NOT NULL" for item in BILL_ITEMS)
 
+# S(d): every subscriber's version valid on snapshot date d; and each subscriber's latest version dated on or
+# before d, also for one who has left (whose last version was closed): who they were when last seen. Also
+# defined over a shard's copy of raw.subscriber_history (transforms.runs.shards).
+SNAPSHOT_MACROS = """\
+CREATE MACRO IF NOT EXISTS raw.snapshot_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d AND (valid_to IS NULL OR valid_to > d);
+CREATE MACRO IF NOT EXISTS raw.last_known_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1;"""
+
 SCHEMA_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;
@@ -38,10 +45,7 @@ CREATE TABLE IF NOT EXISTS raw.subscriber_history (
     valid_to DATE,              -- snapshot date it was replaced or the subscriber vanished (exclusive); NULL = current
     file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL
 );
--- S(d): every subscriber's version valid on snapshot date d; and each subscriber's latest version dated on or
--- before d, also for one who has left (whose last version was closed): who they were when last seen.
-CREATE MACRO IF NOT EXISTS raw.snapshot_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d AND (valid_to IS NULL OR valid_to > d);
-CREATE MACRO IF NOT EXISTS raw.last_known_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1;
+{SNAPSHOT_MACROS}
 CREATE TABLE IF NOT EXISTS raw.bill (
     file_name VARCHAR NOT NULL, line_no BIGINT NOT NULL,
     subs_id VARCHAR NOT NULL, bill_month DATE NOT NULL, item_code VARCHAR NOT NULL, amount_fen BIGINT NOT NULL

@@ -16,6 +16,28 @@ from transforms.grade.rulepack import RulePack
 from transforms.ingest.layouts import REVOKED_TIER
 
 
+# What grading_metrics reads of M, table by table: a shard of the monthly run (transforms.runs.shards) gets these
+# rows of its subscribers under the same names and runs grading_metrics unchanged. No personal data: of
+# raw.subscriber_history only the columns the metrics read.
+GRADING_METRICS_SOURCES = {
+    "mart.subscriber_month": "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month "
+                             "WHERE month >= $m12 AND month <= $m",
+    "raw.susp": "SELECT subs_id, event_time, susp_type FROM raw.susp WHERE event_time >= $m12 AND event_time < $next",
+    "staging.points_lot": "SELECT subs_id, earn_month, earned FROM staging.points_lot "
+                          "WHERE earn_month >= make_date($year - 1, 1, 1) AND earn_month <= $m",
+    "mart.points_balance": "SELECT subs_id, month, balance FROM mart.points_balance WHERE month = $m",
+    "raw.subscriber_history": "SELECT subs_id, status, subs_type, brand, region_code, manager_id, realname_flag, "
+                              "vip_flag, group_key_flag, open_date, valid_from, valid_to FROM raw.snapshot_as_of($snap)",
+}
+
+
+def grading_metrics_params(month: Month, snapshot: date) -> dict:
+    """The parameters of grading_metrics and of GRADING_METRICS_SOURCES."""
+    return {"snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
+            "m12": (month - 11).first_day, "next": (month + 1).first_day, "year": month.year,
+            "m_index": month.index}
+
+
 def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date) -> pl.DataFrame:
     """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE), sorted by
     subs_id (the engine's fast paths rely on it)."""
@@ -58,10 +80,7 @@ def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
                coalesce(bal.balance, 0)::BIGINT AS points_balance
         FROM raw.snapshot_as_of($snap) snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
         LEFT JOIN lots USING (subs_id) LEFT JOIN bal USING (subs_id)
-        ORDER BY snap.subs_id""", params={
-        "snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
-        "m12": (month - 11).first_day, "next": (month + 1).first_day, "year": month.year,
-        "m_index": month.index}).pl()
+        ORDER BY snap.subs_id""", params=grading_metrics_params(month, snapshot)).pl()
 
 
 def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:

@@ -1,0 +1,122 @@
+"""The heavy steps of the monthly run on a Dask cluster, through Prefect's DaskTaskRunner (issue 11).
+
+`tierflow monthly|backfill --workers N` starts a LocalCluster of N worker processes on this machine for the run;
+`--dask-address tcp://HOST:PORT` (or TIERFLOW_DASK_ADDRESS) uses a running cluster, whose workers must see the
+home at the same path. The flow then runs on a DaskTaskRunner, and the monthly run of each month grades over one
+shard per worker (transforms.runs.shards): every shard step is a Prefect task on a worker, the driver (the flow's
+process, the only one that writes the warehouse) exports and gathers. Without either option nothing here is used.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import Flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+
+from transforms.runs.shards import STEPS, ShardLimits, ShardWork, work_folder
+
+DASK_ADDRESS_ENV = "TIERFLOW_DASK_ADDRESS"
+DUCKDB_MEMORY_SHARE = 0.5  # of a worker's memory: the rest is for Polars frames and Parquet buffers
+_registered: list = []  # this worker process's exit handler, once
+
+
+class DaskError(Exception):
+    """The cluster cannot run the shards (unreachable, no worker, a worker died on every try)."""
+
+
+def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
+    """`flow` with its tasks on Dask: a LocalCluster of `workers` processes, or the cluster at `address`
+    (default TIERFLOW_DASK_ADDRESS); `flow` itself when neither is given."""
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    if workers and address:
+        raise DaskError("give either --workers (a cluster on this machine) or --dask-address, not both")
+    if not workers and not address:
+        return flow
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return flow.with_options(task_runner=DaskTaskRunner(address=address))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs={
+        "n_workers": workers, "threads_per_worker": threads, "processes": True, "dashboard_address": None,
+        # Polars sizes its pool at import: one worker's share, not the machine
+        "env": {"POLARS_MAX_THREADS": str(threads)}}))
+
+
+def shards_of_run(home: str, run_id: str):
+    """The ShardMap of a monthly run when its flow runs on Dask (one shard per worker), else None."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    if type(runner).__name__ != "DaskTaskRunner":
+        return None
+    if runner._client is None and runner.cluster_kwargs:  # a LocalCluster about to start: its workers report
+        runner.cluster_kwargs["env"]["PREFECT_API_URL"] = _api_url()  # to this run's server, not one each
+    workers = len(runner.client.scheduler_info()["workers"])
+    if not workers:
+        raise DaskError(f"the Dask cluster at {runner.client.scheduler.address} has no worker")
+    return DaskShards(workers, work_folder(Path(home), run_id))
+
+
+@dataclass(frozen=True)
+class DaskShards:
+    """A ShardMap submitting one Prefect task per shard to the flow's DaskTaskRunner."""
+    count: int
+    folder: Path
+
+    def __call__(self, step: str, work: ShardWork, *args) -> list:
+        futures = [run_shard.with_options(task_run_name=f"shard-{step}-{work.month}-{k}").submit(step, work, k, *args)
+                   for k in range(work.count)]
+        results = []
+        for k, future in enumerate(futures):
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                raise DaskError(f"shard {k} of {work.count} ({step}, {work.month}) failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return results
+
+
+@task(name="shard", cache_policy=NO_CACHE, persist_result=False)
+def run_shard(step: str, work: ShardWork, shard: int, *args):
+    """One shard's step on a Dask worker, with the worker's share of threads and memory."""
+    return STEPS[step](work, shard, _worker_limits(), *args)
+
+
+def _api_url() -> str:
+    """The Prefect API this process reports to: PREFECT_API_URL, or the temporary server Prefect started for it."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return SubprocessASGIServer().api_url
+
+
+def _quiet_exit() -> None:
+    """A worker process's interpreter exit is silent, as the CLI's is (native extensions report 'leaked' objects
+    on stderr at exit)."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+
+
+def _worker_limits() -> ShardLimits:
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:  # not on a worker (a test calling the task's function)
+        return ShardLimits()
+    if not os.environ.get("TIERFLOW_DEBUG") and _quiet_exit not in _registered:
+        atexit.register(_quiet_exit)
+        _registered.append(_quiet_exit)
+    memory = worker.memory_manager.memory_limit
+    return ShardLimits(threads=worker.state.nthreads,
+                       memory_limit=f"{int(memory * DUCKDB_MEMORY_SHARE) // 2**20}MB" if memory else
+                       ShardLimits().memory_limit)

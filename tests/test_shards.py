@@ -1,0 +1,80 @@
+"""Grading over subscriber shards (transforms.runs.shards), shards run one after the other in this process: the
+union of the shards is the very frames the local path grades, for a pack with a global rank (abc) and one
+without (six-star), for one shard, a few, and many (most without an override: their input is empty). What a shard
+is given holds no personal data. The same on a Dask cluster, through the CLI: tests/exactly_once/test_dask.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.pipeline import backfill_flow
+from tests.builders import deliver
+from transforms.core.calendar import Month
+from transforms.grade.grading import GradingInputs, grade
+from transforms.grade.packs import pack_for_month
+from transforms.runs.shards import InProcess, grade_on_shards
+from transforms.synth.generate import generate_province
+from transforms.warehouse import inputs
+from transforms.warehouse.db import connect, snapshot_date_for
+
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, prefect_harness) -> Path:
+    """400 generated subscribers (suspensions, redemptions, churn) and three overrides for July, graded up to
+    July."""
+    home = tmp_path_factory.mktemp("shards")
+    generate_province(home, subscribers=400, start=Month(2025, 1), months=8, seed=11)
+    deliver(home, "20250710", "OVERRIDE_20250710.dat", [f"OV{n}|S000000000{n}|STAR5|202507|202507|campaign|张经理"
+                                                        for n in (1, 2, 3)])
+    backfill_flow(str(home), "2025-01", "2025-07")
+    return home
+
+
+def local_grading(con, month: Month, pack, previous_pack):
+    snapshot = snapshot_date_for(con, month)
+    grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
+                                   inputs.active_overrides(con, month), inputs.tier_spells(con, month),
+                                   inputs.assignment_of(con, month - 1))
+    return grading_inputs, grade(pack, grading_inputs, previous_pack)
+
+
+# abc grades June: July's overrides name a six-star tier, which abc does not have
+@pytest.mark.parametrize("pack_name, month", [("six-star", Month(2025, 7)), ("abc", Month(2025, 6))])
+@pytest.mark.parametrize("count", [1, 3, 64])
+def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, pack_name, month, count):
+    con = connect(home, read_only=True)
+    try:
+        pack, previous = pack_for_month(pack_name, month), pack_for_month("six-star", month - 1)
+        expected_inputs, expected = local_grading(con, month, pack, previous)
+        metrics, overrides, graded = grade_on_shards(con, month, snapshot_date_for(con, month), pack, previous,
+                                                     InProcess(count, tmp_path))
+    finally:
+        con.close()
+    assert expected.changes.height > 0
+    assert expected_inputs.overrides.height == (3 if month == Month(2025, 7) else 0)
+    assert metrics.equals(expected_inputs.metrics)
+    assert overrides.equals(expected_inputs.overrides)
+    for name in ("assignment", "changes", "entitlement_changes"):
+        assert getattr(graded, name).equals(getattr(expected, name)), name
+    shard_sizes = [pl.read_parquet(p).height for p in sorted((tmp_path / str(month) / "outputs").glob("metrics-*"))]
+    assert len(shard_sizes) == count and sum(shard_sizes) == metrics.height
+    exported = {p.name for p in (tmp_path / str(month) / "inputs" / "overrides").glob("shard=*")}
+    if count == 64:
+        assert len(exported) <= 3  # most shards have no override: they read the empty file
+
+
+def test_a_shard_is_given_no_personal_data(home, tmp_path):
+    con = connect(home, read_only=True)
+    try:
+        pack = pack_for_month("six-star", Month(2025, 7))
+        grade_on_shards(con, Month(2025, 7), snapshot_date_for(con, Month(2025, 7)), pack, pack,
+                        InProcess(2, tmp_path))
+    finally:
+        con.close()
+    files = list((tmp_path / "2025-07" / "inputs").rglob("*.parquet"))
+    assert files
+    columns = set().union(*(pl.read_parquet_schema(f) for f in files))
+    assert "subs_id" in columns and not columns & {"msisdn", "cust_id", "cust_name", "cert_no"}
