@@ -23,10 +23,10 @@ from transforms.warehouse.db import connect, snapshot_date_for
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, prefect_harness) -> Path:
-    """400 generated subscribers (suspensions, redemptions, churn) and three overrides for July, graded up to
+    """200 generated subscribers (suspensions, redemptions, churn) and three overrides for July, graded up to
     July."""
     home = tmp_path_factory.mktemp("shards")
-    generate_province(home, subscribers=400, start=Month(2025, 1), months=8, seed=11)
+    generate_province(home, subscribers=200, start=Month(2025, 1), months=7, seed=11)
     deliver(home, "20250710", "OVERRIDE_20250710.dat", [f"OV{n}|S000000000{n}|STAR5|202507|202507|campaign|张经理"
                                                         for n in (1, 2, 3)])
     backfill_flow(str(home), "2025-01", "2025-07")
@@ -43,7 +43,7 @@ def local_grading(con, month: Month, pack, previous_pack):
 
 # abc grades June: July's overrides name a six-star tier, which abc does not have
 @pytest.mark.parametrize("pack_name, month", [("six-star", Month(2025, 7)), ("abc", Month(2025, 6))])
-@pytest.mark.parametrize("count", [1, 3, 64])
+@pytest.mark.parametrize("count", [1, 3, 16])
 def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, pack_name, month, count):
     con = connect(home, read_only=True)
     try:
@@ -62,7 +62,7 @@ def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, p
     shard_sizes = [pl.read_parquet(p).height for p in sorted((tmp_path / str(month) / "outputs").glob("metrics-*"))]
     assert len(shard_sizes) == count and sum(shard_sizes) == metrics.height
     exported = {p.name for p in (tmp_path / str(month) / "inputs" / "overrides").glob("shard=*")}
-    if count == 64:
+    if count == 16:
         assert len(exported) <= 3  # most shards have no override: they read the empty file
 
 

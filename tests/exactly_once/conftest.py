@@ -1,9 +1,9 @@
-"""Exactly once across crashes, the shared part of tests/test_exactly_once_*.py: a backfill killed at each
+"""Exactly once across crashes, the shared part of the tests in this folder: a backfill killed at each
 boundary in turn (right before and right after each commit, each file rename, each swap of the published copy:
 transforms.core.faults) is followed by a rerun that must equal an uninterrupted run (warehouse, published copy,
 every outbox file), with nothing owed afterwards and the killed run closed as INTERRUPTED. Fixtures for
-test_commits.py and test_files.py: the boundaries are split between two modules so that the two test workers
-share them.
+test_commits.py and test_files.py (the boundaries are split between two modules so that the two test workers
+share them) and test_dask.py (the same province on a Dask cluster); built once per test worker.
 
 The smallest province that reaches every boundary: June 2026 graded (the state every killed run starts from),
 then July's deliveries: the month-end snapshot with a rated subscriber cancelled (nightly LOST notices), its
@@ -59,7 +59,7 @@ def build(home: Path) -> None:
     p.write(home)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def june(tmp_path_factory, prefect_harness) -> Path:
     """June graded, July's deliveries in the landing area, not loaded yet."""
     home = tmp_path_factory.mktemp("june")
@@ -84,7 +84,7 @@ def state(home: Path) -> dict:
     return {"tables": tables, "published": published, "outbox": outbox}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(june, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("reference")
     shutil.copytree(june, home, dirs_exist_ok=True)

@@ -1,0 +1,61 @@
+"""The monthly run on a Dask cluster (`--workers 2`: a LocalCluster of two worker processes) gives the same
+warehouse, published copy and channel files, byte for byte, as the local path; a worker killed in the middle of
+its shard (and on every retry) fails the run with one line naming the shard, leaves the marts, the published copy
+and the outbox as they were, and the rerun succeeds and equals the local path."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+from tests.builders import query
+from tests.exactly_once.conftest import PROJECT, backfill_command, state
+from transforms.core.faults import FAULT_ENV
+
+ON_DASK = ["--workers", "2"]
+# A task whose worker died is not tried again elsewhere: the test's worker dies on every try anyway.
+ONE_TRY = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+
+
+def run_on_dask(home, env):
+    return subprocess.run(backfill_command(home) + ON_DASK, env=env, capture_output=True, text=True, cwd=PROJECT)
+
+
+def july_run(home) -> tuple[str, dict]:
+    status, checks = query(home, "SELECT status, checks FROM ops.run_ledger WHERE flow = 'monthly' "
+                                 "AND period = '2026-07' ORDER BY started_at DESC LIMIT 1")[0]
+    return status, json.loads(checks) if checks else {}
+
+
+def test_on_dask_every_table_and_file_is_the_local_paths(june, reference, tmp_path, cli_env):
+    home = tmp_path / "home"
+    shutil.copytree(june, home)
+    done = run_on_dask(home, cli_env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, checks = july_run(home)
+    assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
+    assert state(home) == reference
+    assert not list((home / "work").glob("*"))  # the shards' files are gone with the run
+
+
+def test_a_killed_worker_fails_the_run_and_leaves_the_marts_as_they_were(june, reference, tmp_path, cli_env):
+    home = tmp_path / "home"
+    shutil.copytree(june, home)
+    before = state(home)
+    killed = run_on_dask(home, {**cli_env, **ONE_TRY, FAULT_ENV: "in-shard:grade"})
+    assert killed.returncode == 1, killed.stderr[-2000:]
+    cause = next(line for line in killed.stderr.splitlines() if line.startswith("tierflow backfill: error:"))
+    assert "shard" in cause and "grade, 2026-07" in cause and "KilledWorker" in cause, cause
+    assert july_run(home)[0] == "FAILED"
+    after = state(home)
+    # July's deliveries were loaded (and the nightly notices of its snapshot sent) before the grading failed;
+    # of the grading nothing is left: no mart row, no month state, no monthly channel file, nothing published
+    for table in [t for t in before["tables"] if t.startswith("mart.")] + ["ops.month_state"]:
+        assert after["tables"][table] == before["tables"][table], table
+    assert after["published"] == before["published"]
+    assert [f for f in after["outbox"] if "202607" in f and "/daily/" not in f] == []
+    assert not list((home / "work").glob("*"))
+
+    rerun = run_on_dask(home, cli_env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert state(home) == reference
