@@ -24,9 +24,10 @@ RUNS = (  # key, what it is
     ("noop_flow_server", "empty Prefect flow, server (Prefect's fixed cost)"),
     ("noop_flow_temporary_server", "empty Prefect flow, temporary server"),
     ("monthly_server_h36", "monthly run of month 36 (36 months stored), server"),
+    ("monthly_dask", "monthly run of month 12 on Dask (--workers N, a LocalCluster), server"),
 )
 PIPELINE_RUNS = ("monthly_server", "monthly_temporary_server", "nightly_no_delivery", "nightly_nothing_new",
-                 "nightly_month_end", "monthly_server_h36")
+                 "nightly_month_end", "monthly_server_h36", "monthly_dask")
 
 
 def _target_le(limit_1m: float, limit_10m: float | None = None):
@@ -43,6 +44,7 @@ RATIOS = (  # label, numerator, denominator, target text, check(value, size labe
     ("nightly, nothing new ÷ monthly (server)", "nightly_nothing_new", "monthly_server", "", None),
     ("nightly of month end, no BILL ÷ monthly (server)", "nightly_month_end", "monthly_server", "≤ 0.25",
      _target_le(0.25)),
+    ("monthly on Dask ÷ local (server)", "monthly_dask", "monthly_server", "≤ 1.3", _target_le(1.3)),
     ("monthly, temporary server ÷ server", "monthly_temporary_server", "monthly_server", "", None),
     ("monthly with 36 months stored ÷ 12 months", "monthly_server_h36", "monthly_server", "≤ 1.10",
      _target_le(1.10)),

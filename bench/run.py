@@ -92,6 +92,8 @@ class Settings:
     port: int | None
     update_benchmarks_md: bool
     command: str
+    dask_workers: int = 2          # the Dask run's --workers; 0: no Dask run
+    only: tuple[str, ...] = ()     # run only these keys in each round (default: all)
 
 
 class Bench:
@@ -220,10 +222,11 @@ class Bench:
 
     # --- the measured runs ----------------------------------------------------------------------------------
 
-    def monthly(self, key: str, p: Province, round_no: int, env: dict) -> Measurement:
+    def monthly(self, key: str, p: Province, round_no: int, env: dict, extra: tuple[str, ...] = ()) -> Measurement:
         homes.restore_state(p.home, "pristine", self.s.full_copies)
         before = ledger.run_ids(p.home)
-        m = self.measure(key, round_no, self.tierflow("monthly", "--home", str(p.home), "--month", str(p.month)), env)
+        m = self.measure(key, round_no, self.tierflow("monthly", "--home", str(p.home), "--month", str(p.month),
+                                                      *extra), env)
         self.read_ledger(m, p, before)
         tiers = self.out / f"{key}-r{round_no}.parquet"
         ledger.export_tiers(p.home, p.month.first_day, tiers)
@@ -275,30 +278,38 @@ class Bench:
                      f"pipeline's, e.g. {result['examples']}")
 
     def round_plan(self, round_no: int) -> list:
-        """One round, in a fixed order (A B C ...); the nightly runs on the state after month 12 follow the
-        monthly run that left it."""
+        """One round, in a fixed order (A B C ...), as (key, run) pairs; the nightly runs on the state after month
+        12 follow the monthly run that left it."""
         p, nights = self.p12, self.p12.delivery_days()
         last_delivery = nights[-1]
         quiet_day = next(d for d in (last_delivery + timedelta(days=k) for k in range(1, 40)) if d not in nights)
+        def step(key: str, run, *args, **kwargs):
+            return key, lambda: run(key, *args, **kwargs)
+
         plan = [
-            lambda: self.monthly("monthly_server", p, round_no, self.server_env()),
-            lambda: self.nightly("nightly_no_delivery", p, round_no, quiet_day, restore=False),
-            lambda: self.nightly("nightly_nothing_new", p, round_no, last_delivery, restore=False),
-            lambda: self.monthly("monthly_temporary_server", p, round_no, self.temporary_server_env()),
-            lambda: self.baseline("floor", p, round_no),
-            lambda: self.baseline("pandas", p, round_no),
-            lambda: self.baseline("polars", p, round_no),
-            lambda: self.nightly("nightly_month_end", p, round_no, p.month.last_day, restore=True),
-            lambda: self.noop("noop_flow_server", round_no, self.server_env()),
-            lambda: self.noop("noop_flow_temporary_server", round_no, self.temporary_server_env()),
+            step("monthly_server", self.monthly, p, round_no, self.server_env()),
+            step("nightly_no_delivery", self.nightly, p, round_no, quiet_day, restore=False),
+            step("nightly_nothing_new", self.nightly, p, round_no, last_delivery, restore=False),
+            step("monthly_temporary_server", self.monthly, p, round_no, self.temporary_server_env()),
+            step("floor", self.baseline, p, round_no),
+            step("pandas", self.baseline, p, round_no),
+            step("polars", self.baseline, p, round_no),
+            step("nightly_month_end", self.nightly, p, round_no, p.month.last_day, restore=True),
+            step("noop_flow_server", self.noop, round_no, self.server_env()),
+            step("noop_flow_temporary_server", self.noop, round_no, self.temporary_server_env()),
         ]
         if self.p36:
-            plan.append(lambda: self.monthly("monthly_server_h36", self.p36, round_no, self.server_env()))
+            plan.append(step("monthly_server_h36", self.monthly, self.p36, round_no, self.server_env()))
+        if self.s.dask_workers:
+            plan.append(step("monthly_dask", self.monthly, p, round_no, self.server_env(),
+                             ("--workers", str(self.s.dask_workers))))
         return plan
 
     def run_rounds(self) -> None:
         for round_no in range(1, self.s.rounds + 1):
-            for step in self.round_plan(round_no):
+            for key, step in self.round_plan(round_no):
+                if self.s.only and key not in self.s.only:
+                    continue
                 m = step()
                 progress(f"[round {round_no}/{self.s.rounds}] {m.key}: wall {m.wall_s:.1f} s, CPU {m.cpu_s:.1f} s, "
                          f"peak RSS {m.maxrss_kib / 1024:.0f} MiB" + _agreement_note(m))
@@ -336,7 +347,11 @@ class Bench:
         """The baselines against each other (last round), so that a disagreement shows on which side it is."""
         last = self.s.rounds
         floor = self.out / f"floor-r{last}.parquet"
+        if not floor.exists():  # --only without the floor
+            return
         for other in ("pandas", "polars"):
+            if not (self.out / f"{other}-r{last}.parquet").exists():
+                continue
             result = compare_tiers(floor, self.out / f"{other}-r{last}.parquet")
             self.agreement.append(result | {"run": f"{other} vs floor", "round": last, "province": self.p12.label})
 
@@ -397,6 +412,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--full-copies", action="store_true", help="copy every file of a saved state, link none")
     parser.add_argument("--port", type=int, help="port of the Prefect server (default: a free one)")
     parser.add_argument("--no-benchmarks-md", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--dask-workers", type=int, default=2,
+                        help="workers of the monthly run on Dask (--workers of tierflow; 0: no Dask run)")
+    parser.add_argument("--only", default="", help="comma-separated run keys: only these in each round "
+                                                    "(a focused measurement; BENCHMARKS.md is not updated)")
     args = parser.parse_args(argv)
     label = args.size or str(args.subscribers)
     subscribers = SIZES[args.size] if args.size else args.subscribers
@@ -405,8 +424,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     return Settings(label, subscribers, args.rounds or DEFAULT_ROUNDS.get(label, 3), args.homes.resolve(),
                     args.results.resolve(), args.threads, args.memory_limit, args.history36,
                     args.backfill12 if args.backfill12 is not None else label != "10m", args.rebuild,
-                    args.regenerate, args.full_copies, args.port, not args.no_benchmarks_md,
-                    " ".join([".venv/bin/python -m bench.run", *(argv if argv is not None else sys.argv[1:])]))
+                    args.regenerate, args.full_copies, args.port, not (args.no_benchmarks_md or args.only),
+                    " ".join([".venv/bin/python -m bench.run", *(argv if argv is not None else sys.argv[1:])]),
+                    args.dask_workers, tuple(k for k in args.only.split(",") if k))
 
 
 def main(argv: list[str] | None = None) -> int:
