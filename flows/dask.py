@@ -50,11 +50,11 @@ def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
 
 def shards_of_run(home: str, run_id: str):
     """The ShardMap of a monthly run when its flow runs on Dask (one shard per worker), else None."""
-    context = FlowRunContext.get()
-    runner = context.task_runner if context else None
-    if type(runner).__name__ != "DaskTaskRunner":
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    prefect_dask = sys.modules.get("prefect_dask")  # imported by on_cluster only
+    if prefect_dask is None or not isinstance(runner, prefect_dask.DaskTaskRunner):
         return None
-    if runner._client is None and runner.cluster_kwargs:  # a LocalCluster about to start: its workers report
+    if not runner.address:  # a LocalCluster, started at the first use of the client below: its workers report
         runner.cluster_kwargs["env"]["PREFECT_API_URL"] = _api_url()  # to this run's server, not one each
     workers = len(runner.client.scheduler_info()["workers"])
     if not workers:
