@@ -2,9 +2,10 @@
 
 `tierflow monthly|backfill --workers N` starts a LocalCluster of N worker processes on this machine for the run;
 `--dask-address tcp://HOST:PORT` (or TIERFLOW_DASK_ADDRESS) uses a running cluster, whose workers must see the
-home at the same path. The flow then runs on a DaskTaskRunner, and the monthly run of each month grades over one
-shard per worker (transforms.runs.shards): every shard step is a Prefect task on a worker, the driver (the flow's
-process, the only one that writes the warehouse) exports and gathers. Without either option nothing here is used.
+home at the same path. The flow then runs on a DaskTaskRunner: a BILL file is parsed in one byte range per worker,
+and the monthly run of each month grades over one shard per worker (transforms.runs.shards). Every part is a
+Prefect task on a worker; the driver (the flow's process, the only one that writes the warehouse) exports,
+gathers and writes. Without either option nothing here is used.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import atexit
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from transforms.runs.shards import STEPS, ShardLimits, ShardWork, work_folder
+from transforms.runs.shards import STEPS, ShardLimits, parse_on_shards, work_folder
 
 DASK_ADDRESS_ENV = "TIERFLOW_DASK_ADDRESS"
 DUCKDB_MEMORY_SHARE = 0.5  # of a worker's memory: the rest is for Polars frames and Parquet buffers
@@ -49,10 +51,10 @@ def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
 
 
 def shards_of_run(home: str, run_id: str):
-    """The ShardMap of a monthly run when its flow runs on Dask (one shard per worker), else None."""
-    runner = getattr(FlowRunContext.get(), "task_runner", None)
-    prefect_dask = sys.modules.get("prefect_dask")  # imported by on_cluster only
-    if prefect_dask is None or not isinstance(runner, prefect_dask.DaskTaskRunner):
+    """The ShardMap of a run when its flow runs on Dask (one shard per worker; the first call starts a
+    LocalCluster), else None."""
+    runner = _dask_runner()
+    if runner is None:
         return None
     if not runner.address:  # a LocalCluster, started at the first use of the client below: its workers report
         runner.cluster_kwargs["env"]["PREFECT_API_URL"] = _api_url()  # to this run's server, not one each
@@ -62,28 +64,43 @@ def shards_of_run(home: str, run_id: str):
     return DaskShards(workers, work_folder(Path(home), run_id))
 
 
+def parser_of_run(home: str, run_id: str):
+    """How an ingest run reads a file when its flow runs on Dask: BILL in byte ranges on the workers
+    (shards.parse_on_shards); else None (extracts.parse_extract, the default)."""
+    if _dask_runner() is None:
+        return None
+    return partial(parse_on_shards, partial(shards_of_run, home, run_id))
+
+
+def _dask_runner():
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    prefect_dask = sys.modules.get("prefect_dask")  # imported by on_cluster only
+    return runner if prefect_dask is not None and isinstance(runner, prefect_dask.DaskTaskRunner) else None
+
+
 @dataclass(frozen=True)
 class DaskShards:
     """A ShardMap submitting one Prefect task per shard to the flow's DaskTaskRunner."""
     count: int
     folder: Path
 
-    def __call__(self, step: str, work: ShardWork, *args) -> list:
-        futures = [run_shard.with_options(task_run_name=f"shard-{step}-{work.month}-{k}").submit(step, work, k, *args)
+    def __call__(self, step: str, work, *args) -> list:
+        futures = [run_shard.with_options(task_run_name=f"shard-{step}-{work.label}-{k}").submit(step, work, k, *args)
                    for k in range(work.count)]
         results = []
         for k, future in enumerate(futures):
             try:
                 results.append(future.result())
             except Exception as exc:
-                raise DaskError(f"shard {k} of {work.count} ({step}, {work.month}) failed: "
+                raise DaskError(f"shard {k} of {work.count} ({step}, {work.label}) failed: "
                                 f"{type(exc).__name__}: {exc}") from exc
         return results
 
 
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False)
-def run_shard(step: str, work: ShardWork, shard: int, *args):
-    """One shard's step on a Dask worker, with the worker's share of threads and memory."""
+def run_shard(step: str, work, shard: int, *args):
+    """One part's step on a Dask worker (`work`: a shards.ShardWork or RangeWork), with the worker's share of
+    threads and memory."""
     return STEPS[step](work, shard, _worker_limits(), *args)
 
 

@@ -16,13 +16,14 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
-from flows.dask import DaskError, shards_of_run
+from flows.dask import DaskError, parser_of_run, shards_of_run
 from flows.serve import DEFAULT_TIMEZONE, prepare_served_run
 from transforms.core.calendar import Month, parse_day
 from transforms.core.files import remove_leftovers_under
 from transforms.deliver.channels import load_channels
 from transforms.grade.packs import pack_for_month
 from transforms.grade.rulepack import PackError, RulePack
+from transforms.ingest.extracts import parse_extract
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.layouts import parse_extract_name
 from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, reconciliation_failures
@@ -115,9 +116,15 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
         run_id = start_run(con, "ingest", f"{period:%Y-%m-%d}")
         with failing_closes(con, run_id):
             started = datetime.now()
-            results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(),
-                                     cache(_default_pack_in_force), max_quarantine_share,
-                                     quality_dir(Path(home), run_id))
+            parse = parser_of_run(home, run_id) or parse_extract  # BILL in byte ranges when on Dask
+            try:
+                results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(),
+                                         cache(_default_pack_in_force), max_quarantine_share,
+                                         quality_dir(Path(home), run_id), parse)
+            except DaskError as exc:
+                raise RunFailed(str(exc)) from None
+            finally:
+                shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
                 progress(f"  {r.line()}")

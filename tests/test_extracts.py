@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from transforms.ingest.control import encode_records, read_control, write_delivery
-from transforms.ingest.extracts import ParsedFile, parse_extract
+from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
 from transforms.ingest.layouts import KINDS, ExtractName, parse_extract_name
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
@@ -524,3 +524,34 @@ def test_an_overlong_line_is_never_held_whole():
     from transforms.ingest.extracts import _HEAD_BYTES, _iter_pieces, _Overlong
     fh = io.BytesIO(b"a|b\n" + b"x" * 1_000_000 + b"\r\nc|d")
     assert list(_iter_pieces(fh, 4096)) == [b"a|b", _Overlong(b"x" * _HEAD_BYTES, 1_000_000), b"c|d"]
+
+
+# --------------------------------------------------------------------------------- parsing by byte ranges
+
+def test_a_file_parsed_in_byte_ranges_is_the_file_parsed_whole(tmp_path):
+    """What separate processes parse of a BILL file (flows.dask), joined in order, is what parse_extract reads:
+    the same records and quarantine rows with the same line numbers, whatever falls on a range's edge (the BOM,
+    an overlong line, an undecodable line, CRLF, an empty line, a last line without a newline)."""
+    good = [record("BILL", subs_id=f"S{n:07d}", amount_fen=str(n)).encode("gbk") for n in range(1, 60)]
+    lines = good[:5] + [b""] + good[5:20] + [b"S1|202601|RENT|" + b"9" * 40000] + good[20:30] \
+        + [b"S2|202601|RENT|\xff\xfe"] + [g + b"\r" for g in good[30:45]] + [b"S3|202601|NOPE|1"] + good[45:]
+    dat = deliver(tmp_path, "BILL", payload=b"\xef\xbb\xbf" + b"\n".join(lines))  # no newline at the end
+    whole = parse(dat, chunk_bytes=256)
+    assert [r for _, r in quarantined(whole)] == ["FIELD_COUNT", "LINE_TOO_LONG", "DECODE_ERROR", "BAD_ENUM"]
+    name = parse_extract_name(dat.name)
+    for parts in (1, 2, 3, 7, 40, 500):
+        ranges = line_ranges(dat, parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == dat.stat().st_size
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert len(ranges) <= parts
+        joined = join_ranges([parse_extract_range(dat, name, "GBK", DELIVERY_DAY["BILL"], start, end,
+                                                  chunk_bytes=256) for start, end in ranges])
+        assert joined.record_count == whole.record_count == len(lines)
+        assert joined.records.equals(whole.records), parts
+        assert joined.quarantine.equals(whole.quarantine), parts
+
+
+def test_a_kind_with_a_key_is_never_parsed_in_ranges(tmp_path):
+    dat = deliver(tmp_path, "SUSP", [record("SUSP")])
+    with pytest.raises(ValueError, match="SUSP has a key"):
+        parse_extract_range(dat, parse_extract_name(dat.name), "GBK", DELIVERY_DAY["SUSP"], 0, dat.stat().st_size)

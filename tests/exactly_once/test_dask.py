@@ -1,5 +1,6 @@
-"""The monthly run on a Dask cluster (`--workers 2`: a LocalCluster of two worker processes) gives the same
-warehouse, published copy and channel files, byte for byte, as the local path; a worker killed in the middle of
+"""The monthly run on a Dask cluster (`--workers 2`: a LocalCluster of two worker processes; July's BILL parsed in
+two byte ranges, July graded over two shards) gives the same warehouse, published copy and channel files, byte for
+byte, as the local path; a worker killed in the middle of
 its shard (and on every retry) fails the run with one line naming the shard, leaves the marts, the published copy
 and the outbox as they were, and the rerun succeeds and equals the local path."""
 from __future__ import annotations
@@ -21,6 +22,18 @@ def run_on_dask(home, env):
     return subprocess.run(backfill_command(home) + ON_DASK, env=env, capture_output=True, text=True, cwd=PROJECT)
 
 
+def shard_task_runs() -> set[str]:
+    """Names of the shard task runs the session's Prefect server has seen."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:  # a server needs limit and sort given
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="shard-")),
+                                     limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
+    return {r.name for r in runs}
+
+
 def july_run(home) -> tuple[str, dict]:
     status, checks = query(home, "SELECT status, checks FROM ops.run_ledger WHERE flow = 'monthly' "
                                  "AND period = '2026-07' ORDER BY started_at DESC LIMIT 1")[0]
@@ -34,6 +47,8 @@ def test_on_dask_every_table_and_file_is_the_local_paths(june, reference, tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     status, checks = july_run(home)
     assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
+    assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "metrics-2026-07", "grade-2026-07")
+            for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
     assert state(home) == reference
     assert not list((home / "work").glob("*"))  # the shards' files are gone with the run
 

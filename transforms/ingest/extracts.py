@@ -71,6 +71,69 @@ class ParsedFile:
 def parse_extract(dat_path: Path, name: ExtractName, encoding: str, delivery_day: date,
                   *, chunk_bytes: int = CHUNK_BYTES) -> ParsedFile:
     """Parses one delivered extract; `encoding` is the control file's, `delivery_day` its landing folder's."""
+    with open(dat_path, "rb") as fh:
+        records, quarantine, count = _parse_stream(fh, name, encoding, delivery_day, chunk_bytes)
+        # Same handle: duplicate lines are re-read from the very file parsed, even if replaced meanwhile.
+        records, duplicates = _split_duplicate_keys(records, name.kind, fh, _CODECS[encoding], chunk_bytes)
+    return ParsedFile(records, _concat([quarantine, duplicates], QUARANTINE_SCHEMA).sort("line_no"), count)
+
+
+# --- a file in byte ranges (parsed by separate processes: flows.dask) ------------------------------------------
+
+def line_ranges(dat_path: Path, parts: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of about equal size covering the file, each beginning at the start of a line
+    (the first at 0); fewer than `parts` when the file has fewer line starts."""
+    size = dat_path.stat().st_size
+    starts = [0]
+    with open(dat_path, "rb") as fh:
+        for k in range(1, parts):
+            at = max(size * k // parts, starts[-1])
+            fh.seek(at)
+            while (block := fh.read(1 << 16)) and (newline := block.find(b"\n")) < 0:
+                at += len(block)
+            if not block or at + newline + 1 >= size:
+                break
+            starts.append(at + newline + 1)
+    return list(zip(starts, starts[1:] + [size]))
+
+
+def parse_extract_range(dat_path: Path, name: ExtractName, encoding: str, delivery_day: date, start: int,
+                        end: int, *, chunk_bytes: int = CHUNK_BYTES) -> ParsedFile:
+    """parse_extract of the lines in bytes [start, end) of the file (a range of line_ranges), numbered from 1
+    within the range. Only for kinds without a key: duplicates can only be found over the whole file."""
+    if name.kind in KEYS:
+        raise ValueError(f"{name.kind} has a key ({KEYS[name.kind]}): parse it whole, not by ranges")
+    with open(dat_path, "rb") as fh:
+        fh.seek(start)
+        records, quarantine, count = _parse_stream(_Range(fh, end - start), name, encoding, delivery_day,
+                                                   chunk_bytes, at_file_start=start == 0)
+    return ParsedFile(records, quarantine, count)
+
+
+def join_ranges(parts: list[ParsedFile]) -> ParsedFile:
+    """The ParsedFile of the whole file from those of its ranges, in file order: line numbers follow on."""
+    records, quarantine, offset = [], [], 0
+    for part in parts:
+        records.append(part.records.with_columns(pl.col("line_no") + offset))
+        quarantine.append(part.quarantine.with_columns(pl.col("line_no") + offset))
+        offset += part.record_count
+    return ParsedFile(_concat(records, parts[0].records.schema), _concat(quarantine, QUARANTINE_SCHEMA), offset)
+
+
+class _Range:
+    """The next `size` bytes of a file, as a file to read."""
+    def __init__(self, fh: BinaryIO, size: int):
+        self._fh, self._left = fh, size
+
+    def read(self, n: int) -> bytes:
+        data = self._fh.read(min(n, self._left))
+        self._left -= len(data)
+        return data
+
+
+def _parse_stream(fh, name: ExtractName, encoding: str, delivery_day: date, chunk_bytes: int,
+                  at_file_start: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Records, quarantine (without duplicate keys) and the number of lines of what `fh` reads."""
     if encoding not in _CODECS:
         raise ValueError(f"unknown encoding {encoding!r}: expected one of {', '.join(_CODECS)}")
     codec = _CODECS[encoding]
@@ -79,25 +142,21 @@ def parse_extract(dat_path: Path, name: ExtractName, encoding: str, delivery_day
     record_parts: list[pl.DataFrame] = []
     quarantine_parts: list[pl.DataFrame] = []
     next_line = 1
-    with open(dat_path, "rb") as fh:
-        for piece in _iter_pieces(fh, chunk_bytes):
-            if isinstance(piece, _Overlong):
-                quarantine_parts.append(_bad_lines_frame([_too_long_row(next_line, piece.head, piece.size, codec)]))
-                next_line += 1
-                continue
-            lines, bad_rows, n_lines = _decode_block(piece, next_line, codec)
-            if bad_rows:
-                quarantine_parts.append(_bad_lines_frame(bad_rows))
-            if lines is not None:
-                records, rejected = _parse_lines(lines, layout, checks)
-                record_parts.append(records)
-                quarantine_parts.append(rejected)
-            next_line += n_lines
-        records = _concat(record_parts, record_schema(name.kind))
-        # Same handle: duplicate lines are re-read from the very file parsed, even if replaced meanwhile.
-        records, duplicates = _split_duplicate_keys(records, name.kind, fh, codec, chunk_bytes)
-    quarantine = _concat(quarantine_parts + [duplicates], QUARANTINE_SCHEMA).sort("line_no")
-    return ParsedFile(records, quarantine, next_line - 1)
+    for piece in _iter_pieces(fh, chunk_bytes, at_file_start):
+        if isinstance(piece, _Overlong):
+            quarantine_parts.append(_bad_lines_frame([_too_long_row(next_line, piece.head, piece.size, codec)]))
+            next_line += 1
+            continue
+        lines, bad_rows, n_lines = _decode_block(piece, next_line, codec)
+        if bad_rows:
+            quarantine_parts.append(_bad_lines_frame(bad_rows))
+        if lines is not None:
+            records, rejected = _parse_lines(lines, layout, checks)
+            record_parts.append(records)
+            quarantine_parts.append(rejected)
+        next_line += n_lines
+    return (_concat(record_parts, record_schema(name.kind)), _concat(quarantine_parts, QUARANTINE_SCHEMA),
+            next_line - 1)
 
 
 def _concat(parts: list[pl.DataFrame], schema: dict) -> pl.DataFrame:
@@ -116,14 +175,15 @@ class _Overlong:
     size: int
 
 
-def _iter_pieces(fh: BinaryIO, chunk_bytes: int) -> Iterator[bytes | _Overlong]:
+def _iter_pieces(fh: BinaryIO, chunk_bytes: int, at_file_start: bool = True) -> Iterator[bytes | _Overlong]:
     """Yields blocks of whole lines (joined by '\\n', without the last '\\n') and overlong lines, in order.
 
-    A leading UTF-8 BOM is dropped. A final line without '\\n' is a line; an empty file yields nothing.
-    A line longer than _HEAD_BYTES is never held whole: its head is kept and the rest skipped.
+    A leading UTF-8 BOM is dropped (at the start of the file only). A final line without '\\n' is a line; an
+    empty file yields nothing. A line longer than _HEAD_BYTES is never held whole: its head is kept and the rest
+    skipped.
     """
     pending = fh.read(len(_BOM))
-    if pending == _BOM:
+    if pending == _BOM and at_file_start:
         pending = b""
     skipping = False          # inside an overlong line: pending is its head, the rest is skipped
     skipped_size, last_byte = 0, b""

@@ -27,6 +27,7 @@ from transforms.warehouse.db import first_row, scalar, transaction
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 OnRecord = Callable[[duckdb.DuckDBPyConnection, Delivery, str], None]
 RecordCheck = Callable[[ExtractName, pl.DataFrame], pl.DataFrame]
+Parse = Callable[[Path, ExtractName, str, date], ParsedFile]  # a delivered file, its encoding and day -> parsed
 _RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
 # Keys unique across all deliveries (extracts.md); None = no key.
 _CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
@@ -60,11 +61,12 @@ class IngestResult:
 def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
                     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
                     results_dir: Path | None = None, on_record: OnRecord | None = None,
-                    check_records: RecordCheck | None = None) -> IngestResult:
+                    check_records: RecordCheck | None = None, parse: Parse = parse_extract) -> IngestResult:
     """Loads one delivered file in one transaction (see module docstring for the outcomes). `on_record(con,
     delivery, status)` runs inside the transaction that records the outcome, for what must commit with it;
     `check_records(name, records)` returns quarantine rows (line_no, reason, detail) for valid records
-    that the run's own rules refuse (an override naming a tier its pack does not have)."""
+    that the run's own rules refuse (an override naming a tier its pack does not have). `parse` reads the file
+    (extracts.parse_extract, or the same in byte ranges on other processes: runs.shards.parse_on_shards)."""
     name = delivery.name
     current = first_row(
         con, "SELECT day, md5, status, byte_size FROM ops.delivery WHERE file_name = ? "
@@ -84,7 +86,7 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     if current is not None and current[0] == delivery.day and current[1] == md5:
         return IngestResult(name.file_name, delivery.day, "UNCHANGED")
 
-    parsed = parse_extract(delivery.dat_path, name, control.encoding, delivery.day)
+    parsed = parse(delivery.dat_path, name, control.encoding, delivery.day)
     if check_records:
         parsed = _quarantined_too(parsed, check_records(name, parsed.records), delivery, control.encoding)
     try:

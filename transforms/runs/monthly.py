@@ -94,7 +94,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             write_points_expiring(con, month, expiring)
         if gradable:
             with steps("grade"):
-                result = _grade(con, month, pack, previous_pack, snapshot, options.shards)
+                result = _grade(con, month, pack, previous_pack, snapshot, options.shards, steps)
         else:
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
@@ -143,7 +143,7 @@ def _points(con, month: Month, pack: RulePack) -> dict:
 
 
 def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,
-           shards: ShardMap | None) -> MonthlyResult:
+           shards: ShardMap | None, steps: StepTimer) -> MonthlyResult:
     if shards is None:
         grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
                                        inputs.active_overrides(con, month), inputs.tier_spells(con, month),
@@ -151,7 +151,7 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
         metrics, overrides = grading_inputs.metrics, grading_inputs.overrides
         graded = grade(pack, grading_inputs, previous_pack)
     else:
-        metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards)
+        metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards, steps)
     write_tier_assignment(con, month, pack.version, metrics, graded.assignment, overrides)
     write_grade_change(con, month, snapshot, graded.changes)
     write_grade_change(con, month, snapshot, graded.entitlement_changes, table="entitlement_change")

@@ -19,15 +19,16 @@ from transforms.deliver.sets import nightly_sets, record_sets
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import REVOKED_TIER, ExtractName
-from transforms.ingest.load import IngestResult, ingest_delivery
+from transforms.ingest.extracts import parse_extract
+from transforms.ingest.load import IngestResult, Parse, ingest_delivery
 from transforms.runs.owed import PUBLISH, owe, owe_files
 
 
 def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery], run_id: str,
            channels: list[Channel], pack_for: Callable[[Month], RulePack | None], max_quarantine_share: float,
-           results_dir: Path | None) -> list[IngestResult]:
+           results_dir: Path | None, parse: Parse = parse_extract) -> list[IngestResult]:
     """Loads each delivery in order; `pack_for(month)` is the pack in force for a grading month (None before its
-    first version)."""
+    first version); `parse` reads a file (load.ingest_delivery)."""
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
         if status == "LOADED" and delivery.name.kind == "ACCT":
@@ -40,7 +41,7 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
     def check_records(name: ExtractName, records: pl.DataFrame) -> pl.DataFrame:
         return unknown_override_tiers(records, pack_for) if name.kind == "OVERRIDE" else _NOTHING_REFUSED
 
-    return [ingest_delivery(con, home, d, run_id, max_quarantine_share, results_dir, on_record, check_records)
+    return [ingest_delivery(con, home, d, run_id, max_quarantine_share, results_dir, on_record, check_records, parse)
             for d in deliveries]
 
 

@@ -1,5 +1,5 @@
 """Grading month M over subscriber shards (issue 11): the per-subscriber work in separate processes, the union on
-the driver.
+the driver; and a BILL file parsed in byte ranges by the same processes (parse_on_shards).
 
 The driver (the process holding the warehouse's writer lock, inside the monthly transaction) exports what the
 shards read as Parquet partitioned by shard, in the run's work folder under the home; each shard runs in its own
@@ -36,6 +36,9 @@ from transforms.core.faults import fault_point
 from transforms.grade.engine import rank_table
 from transforms.grade.grading import Graded, GradingInputs, grade
 from transforms.grade.rulepack import RulePack
+from transforms.runs.ledger import StepTimer
+from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
+from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.warehouse import inputs
 from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 
@@ -49,6 +52,10 @@ class ShardWork:
     count: int     # number of shards
     month: Month
     snapshot: date  # S(M)'s date
+
+    @property
+    def label(self) -> str:
+        return str(self.month)
 
     def input_path(self, name: str) -> Path:
         return self.folder / "inputs" / name
@@ -66,11 +73,12 @@ class ShardLimits:
 
 
 class ShardMap(Protocol):
-    """Runs one step (a name of STEPS) for shards 0..count-1 of `work` and returns their results in order."""
-    count: int     # shards per month
+    """Runs one step (a name of STEPS) for parts 0..work.count-1 of `work` (a ShardWork or a RangeWork) and
+    returns their results in order."""
+    count: int     # shards per month, ranges per BILL file
     folder: Path   # the run's work folder (work_folder)
 
-    def __call__(self, step: str, work: ShardWork, *args) -> list: ...
+    def __call__(self, step: str, work, *args) -> list: ...
 
 
 def work_folder(home: Path, run_id: str) -> Path:
@@ -80,27 +88,35 @@ def work_folder(home: Path, run_id: str) -> Path:
 # --- driver ----------------------------------------------------------------------------------------------------
 
 def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack,
-                    previous_pack: RulePack, run: ShardMap) -> tuple[pl.DataFrame, pl.DataFrame, Graded]:
+                    previous_pack: RulePack, run: ShardMap,
+                    steps: StepTimer | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Graded]:
     """The grading of M as the local path does it, over run.count shards: the metrics and overrides of M (what
-    the marts are written with besides the result) and what grading.grade returns."""
+    the marts are written with besides the result) and what grading.grade returns. `steps` times each phase
+    (shards_export, shards_metrics, shards_ranks, shards_grade, shards_gather)."""
+    steps = steps or StepTimer()
     work = ShardWork(run.folder / str(month), run.count, month, snapshot)
     if work.folder.exists():
         shutil.rmtree(work.folder)  # a rerun of the same run id starts clean
     work.folder.mkdir(parents=True, mode=0o700)
-    overrides = inputs.active_overrides(con, month)
-    params = inputs.grading_metrics_params(month, work.snapshot)
-    for table, sql in inputs.GRADING_METRICS_SOURCES.items():
-        _export(con, work, table, sql, params)
-    for name, frame in (("overrides", overrides), ("spells", inputs.tier_spells(con, month)),
-                        ("previous", inputs.assignment_of(con, month - 1))):
-        _export_frame(con, work, name, frame)
-    run("metrics", work)
-    metrics = _gather(work, "metrics")
-    ranks = rank_table(pack, metrics) if pack.ranks else None
-    if ranks is not None:
-        _export_frame(con, work, "ranks", ranks)
-    run("grade", work, pack, previous_pack)
-    graded = Graded(*(_gather(work, name) for name in GRADED))
+    with steps("shards_export"):
+        overrides = inputs.active_overrides(con, month)
+        params = inputs.grading_metrics_params(month, work.snapshot)
+        for table, sql in inputs.GRADING_METRICS_SOURCES.items():
+            _export(con, work, table, sql, params)
+        for name, frame in (("overrides", overrides), ("spells", inputs.tier_spells(con, month)),
+                            ("previous", inputs.assignment_of(con, month - 1))):
+            _export_frame(con, work, name, frame)
+    with steps("shards_metrics"):
+        run("metrics", work)
+    with steps("shards_ranks"):
+        metrics = _gather(work, "metrics")
+        ranks = rank_table(pack, metrics) if pack.ranks else None
+        if ranks is not None:
+            _export_frame(con, work, "ranks", ranks)
+    with steps("shards_grade"):
+        run("grade", work, pack, previous_pack)
+    with steps("shards_gather"):
+        graded = Graded(*(_gather(work, name) for name in GRADED))
     return metrics, overrides, graded
 
 
@@ -127,6 +143,56 @@ def _gather(work: ShardWork, name: str) -> pl.DataFrame:
     """The union of every shard's output, sorted by subs_id as the local path's frames are."""
     frames = [pl.read_parquet(work.output_path(name, k)) for k in range(work.count)]
     return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id")
+
+
+# --- BILL in byte ranges ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RangeWork:
+    """One BILL file parsed in byte ranges (extracts.line_ranges), one part per range."""
+    folder: Path
+    dat_path: Path
+    name: ExtractName
+    encoding: str
+    delivery_day: date
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.ranges)
+
+    @property
+    def label(self) -> str:
+        return self.name.file_name
+
+    def output_path(self, what: str, part: int) -> Path:
+        return self.folder / f"{self.name.file_name}-{part}-{what}.parquet"
+
+
+def parse_on_shards(shards: Callable[[], ShardMap], dat_path: Path, name: ExtractName, encoding: str,
+                    delivery_day: date) -> ParsedFile:
+    """extracts.parse_extract of a delivered file, a BILL file in byte ranges parsed by the shards of
+    `shards()` (called only then: it may start a cluster), one range each: the same records and quarantine
+    rows. A kind with a key is parsed here, whole: its duplicate keys can only be found over the whole file
+    (and it is small next to BILL)."""
+    if name.kind in KEYS:
+        return parse_extract(dat_path, name, encoding, delivery_day)
+    run = shards()
+    work = RangeWork(run.folder / "bill", dat_path, name, encoding, delivery_day,
+                     tuple(line_ranges(dat_path, run.count)))
+    counts = run("bill", work)
+    return join_ranges([ParsedFile(pl.read_parquet(work.output_path("records", k)),
+                                   pl.read_parquet(work.output_path("quarantine", k)), counts[k])
+                        for k in range(work.count)])
+
+
+def parse_range(work: RangeWork, part: int, limits: ShardLimits) -> int:
+    """One byte range of the file: its records and quarantine rows (lines numbered within the range)."""
+    start, end = work.ranges[part]
+    parsed = parse_extract_range(work.dat_path, work.name, work.encoding, work.delivery_day, start, end)
+    _write(parsed.records, work.output_path("records", part))
+    _write(parsed.quarantine, work.output_path("quarantine", part))
+    return parsed.record_count
 
 
 # --- shards ----------------------------------------------------------------------------------------------------
@@ -162,7 +228,7 @@ def shard_grade(work: ShardWork, shard: int, limits: ShardLimits, pack: RulePack
     return graded.assignment.height
 
 
-STEPS: dict[str, Callable] = {"metrics": shard_metrics, "grade": shard_grade}
+STEPS: dict[str, Callable] = {"metrics": shard_metrics, "grade": shard_grade, "bill": parse_range}
 
 
 @dataclass(frozen=True)
@@ -171,7 +237,7 @@ class InProcess:
     count: int
     folder: Path
 
-    def __call__(self, step: str, work: ShardWork, *args) -> list:
+    def __call__(self, step: str, work, *args) -> list:
         return [STEPS[step](work, k, ShardLimits(), *args) for k in range(work.count)]
 
 
