@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from transforms.runs.shards import STEPS, ShardLimits, parse_on_shards, work_fol
 DASK_ADDRESS_ENV = "TIERFLOW_DASK_ADDRESS"
 DUCKDB_MEMORY_SHARE = 0.5  # of a worker's memory: the rest is for Polars frames and Parquet buffers
 _registered: list = []  # this worker process's exit handler, once
+_starting: dict[int, threading.Thread] = {}  # task runner -> the thread starting its cluster (start_cluster)
 
 
 class DaskError(Exception):
@@ -50,14 +52,26 @@ def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
         "env": {"POLARS_MAX_THREADS": str(threads)}}))
 
 
+def start_cluster() -> None:
+    """Starts the flow's cluster in the background when the flow runs on Dask (a LocalCluster's processes take
+    seconds to start and import), while the run recovers and loads what comes before BILL."""
+    runner = _dask_runner()
+    if runner is None or id(runner) in _starting:
+        return
+    _prepare(runner)
+    _starting[id(runner)] = thread = threading.Thread(target=lambda: runner.client, name="dask-start", daemon=True)
+    thread.start()
+
+
 def shards_of_run(home: str, run_id: str):
-    """The ShardMap of a run when its flow runs on Dask (one shard per worker; the first call starts a
-    LocalCluster), else None."""
+    """The ShardMap of a run when its flow runs on Dask (one shard per worker; the cluster is started here if
+    start_cluster did not), else None."""
     runner = _dask_runner()
     if runner is None:
         return None
-    if not runner.address:  # a LocalCluster, started at the first use of the client below: its workers report
-        runner.cluster_kwargs["env"]["PREFECT_API_URL"] = _api_url()  # to this run's server, not one each
+    if starting := _starting.pop(id(runner), None):
+        starting.join()  # a failed start is retried below, where its error reaches the run
+    _prepare(runner)
     workers = len(runner.client.scheduler_info()["workers"])
     if not workers:
         raise DaskError(f"the Dask cluster at {runner.client.scheduler.address} has no worker")
@@ -70,6 +84,11 @@ def parser_of_run(home: str, run_id: str):
     if _dask_runner() is None:
         return None
     return partial(parse_on_shards, partial(shards_of_run, home, run_id))
+
+
+def _prepare(runner) -> None:
+    if not runner.address:  # a LocalCluster, started at the first use of runner.client: its workers report
+        runner.cluster_kwargs["env"]["PREFECT_API_URL"] = _api_url()  # to this run's server, not one each
 
 
 def _dask_runner():

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
-from flows.dask import DaskError, parser_of_run, shards_of_run
+from flows.dask import DaskError, parser_of_run, shards_of_run, start_cluster
 from flows.serve import DEFAULT_TIMEZONE, prepare_served_run
 from transforms.core.calendar import Month, parse_day
 from transforms.core.files import remove_leftovers_under
@@ -260,6 +260,7 @@ def monthly_flow(home: str, month: str | None = None, rules: str | None = None, 
     prepare_served_run()
     target = Month.parse(month) if month else Month.of(_today(timezone)) - 1
     with writer_lock(Path(home), f"monthly {target}"):
+        start_cluster()
         recover(home)
         ingest_deliveries(home)
         lines = [grade_month(home, m, rules, only_if_stale=True) for m in _open_months(home, target, rules)
@@ -297,6 +298,7 @@ def backfill_flow(home: str, start: str, end: str, rules: str | None = None, dry
     if dry_run:
         return [str(s) for s in steps]
     with writer_lock(Path(home), f"backfill {start}..{end}"):
+        start_cluster()
         recover(home)
         lines = _run_steps(home, steps, rules)
         deliver(home)

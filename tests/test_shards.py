@@ -4,13 +4,14 @@ without (six-star), for one shard, a few, and many (most without an override: th
 is given holds no personal data. The same on a Dask cluster, through the CLI: tests/exactly_once/test_dask.py."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from flows.pipeline import backfill_flow
-from tests.builders import deliver
+from tests.builders import deliver, query
 from transforms.core.calendar import Month
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.packs import pack_for_month
@@ -78,3 +79,37 @@ def test_a_shard_is_given_no_personal_data(home, tmp_path):
     assert files
     columns = set().union(*(pl.read_parquet_schema(f) for f in files))
     assert "subs_id" in columns and not columns & {"msisdn", "cust_id", "cust_name", "cert_no"}
+
+
+def test_each_month_of_history_is_exported_once_and_again_when_the_month_is_run_again(home, tmp_path):
+    """A shard reads the earlier months of mart.subscriber_month and staging.points_lot from exports kept
+    under work/history: made once per month (keyed by the run that wrote it, ops.month_state), made again when
+    that month is run again, and right either way."""
+    home_copy = tmp_path / "home"
+    shutil.copytree(home, home_copy)
+    july, pack = Month(2025, 7), pack_for_month("six-star", Month(2025, 7))
+    history = home_copy / "work" / "history" / "mart.subscriber_month"
+
+    def graded_by(run_id: str):
+        metrics, _, graded = grade_on_shards(con, july, snapshot_date_for(con, july), pack, pack,
+                                             InProcess(2, home_copy / "work" / run_id))
+        expected_inputs, expected = local_grading(con, july, pack, pack)
+        assert metrics.equals(expected_inputs.metrics) and graded.assignment.equals(expected.assignment)
+        return {p.name: p.stat().st_mtime_ns for p in history.iterdir()}
+
+    con = connect(home_copy)
+    try:
+        first = graded_by("run-1")
+        june_run = query(home, "SELECT run_id FROM ops.month_state WHERE month = '2025-06-01'")[0][0]
+        assert f"2025-06.{june_run}.2" in first and "2025-07.run-1.2" in first
+        second = graded_by("run-2")  # the earlier months' exports are kept, July's is this run's
+        assert {k: v for k, v in second.items() if not k.startswith("2025-07")} == \
+            {k: v for k, v in first.items() if not k.startswith("2025-07")}
+        assert "2025-07.run-2.2" in second and "2025-07.run-1.2" not in second
+        # June run again: what it wrote is new (here: a changed consumption), its export is made again
+        con.execute("UPDATE ops.month_state SET run_id = 'regrade-06' WHERE month = '2025-06-01'")
+        con.execute("UPDATE mart.subscriber_month SET cons_fen = cons_fen + 500000 WHERE month = '2025-06-01'")
+        third = graded_by("run-3")
+        assert "2025-06.regrade-06.2" in third and f"2025-06.{june_run}.2" not in third
+    finally:
+        con.close()

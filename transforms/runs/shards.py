@@ -43,6 +43,9 @@ from transforms.warehouse import inputs
 from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 
 GRADED = ("assignment", "changes", "entitlement_changes")  # what the grade step writes, a frame of Graded each
+# Inputs whose rows of month m only the monthly run of m writes (it records itself in ops.month_state): their
+# export of a month stays right until the month is run again, so each month is exported once (_history).
+HISTORY = {"mart.subscriber_month": "month", "staging.points_lot": "earn_month"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ShardWork:
     count: int     # number of shards
     month: Month
     snapshot: date  # S(M)'s date
+    # per input whose rows come from several exports (HISTORY): the export folders, else the run's own
+    sources: tuple[tuple[str, tuple[Path, ...]], ...] = ()
 
     @property
     def label(self) -> str:
@@ -59,6 +64,9 @@ class ShardWork:
 
     def input_path(self, name: str) -> Path:
         return self.folder / "inputs" / name
+
+    def input_folders(self, name: str) -> tuple[Path, ...]:
+        return dict(self.sources).get(name, (self.input_path(name),))
 
     def output_path(self, name: str, shard: int) -> Path:
         return self.folder / "outputs" / f"{name}-{shard}.parquet"
@@ -94,15 +102,20 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     the marts are written with besides the result) and what grading.grade returns. `steps` times each phase
     (shards_export, shards_metrics, shards_ranks, shards_grade, shards_gather)."""
     steps = steps or StepTimer()
-    work = ShardWork(run.folder / str(month), run.count, month, snapshot)
-    if work.folder.exists():
-        shutil.rmtree(work.folder)  # a rerun of the same run id starts clean
-    work.folder.mkdir(parents=True, mode=0o700)
+    folder = run.folder / str(month)
+    if folder.exists():
+        shutil.rmtree(folder)  # a rerun of the same run id starts clean
+    folder.mkdir(parents=True, mode=0o700)
     with steps("shards_export"):
         overrides = inputs.active_overrides(con, month)
-        params = inputs.grading_metrics_params(month, work.snapshot)
+        params = inputs.grading_metrics_params(month, snapshot)
+        sources = []
         for table, sql in inputs.GRADING_METRICS_SOURCES.items():
-            _export(con, work, table, sql, params)
+            if table in HISTORY:
+                sources.append((table, _history(con, run, table, sql, params, folder / "inputs" / table)))
+            else:
+                _export(con, folder / "inputs" / table, run.count, sql, params)
+        work = ShardWork(folder, run.count, month, snapshot, tuple(sources))
         for name, frame in (("overrides", overrides), ("spells", inputs.tier_spells(con, month)),
                             ("previous", inputs.assignment_of(con, month - 1))):
             _export_frame(con, work, name, frame)
@@ -120,13 +133,11 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     return metrics, overrides, graded
 
 
-def _export(con, work: ShardWork, name: str, sql: str, params: dict) -> None:
-    """Rows of `sql` to <inputs>/<name>/shard=<k>/, and an empty file of the same columns for a shard without
-    rows."""
+def _export(con, path: Path, count: int, sql: str, params: dict) -> None:
+    """Rows of `sql` to <path>/shard=<k>/, and an empty file of the same columns for a shard without rows."""
     used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
-    path = work.input_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con.execute(f"COPY (SELECT *, CAST(hash(subs_id) % {work.count} AS INTEGER) AS shard FROM ({sql})) "
+    con.execute(f"COPY (SELECT *, CAST(hash(subs_id) % {count} AS INTEGER) AS shard FROM ({sql})) "
                 f"TO '{path}' (FORMAT parquet, PARTITION_BY (shard))", used)
     con.execute(f"COPY (SELECT * FROM ({sql}) LIMIT 0) TO '{path}/empty.parquet' (FORMAT parquet)", used)
 
@@ -134,9 +145,39 @@ def _export(con, work: ShardWork, name: str, sql: str, params: dict) -> None:
 def _export_frame(con, work: ShardWork, name: str, frame: pl.DataFrame) -> None:
     con.register("shard_export", frame)
     try:
-        _export(con, work, name, "SELECT * FROM shard_export", {})
+        _export(con, work.input_path(name), work.count, "SELECT * FROM shard_export", {})
     finally:
         con.unregister("shard_export")
+
+
+def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Path) -> tuple[Path, ...]:
+    """The export folders of a HISTORY table's rows that `sql` selects, one per month: a month written by an
+    earlier run is exported once and kept (<home>/work/history/<table>/<YYYY-MM>.<run id>.<count>), this
+    run's month too; a folder no longer matching ops.month_state (its month was run again) is removed. No
+    rows at all: an export without rows to `none_to`."""
+    column, run_id = HISTORY[table], run.folder.name
+    # this run writes M's rows (also when it regrades M): they are keyed by this run
+    written = dict(con.execute("SELECT month, run_id FROM ops.month_state").fetchall()) | {params["m"]: run_id}
+    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+    months = [m for (m,) in con.execute(f"SELECT DISTINCT {column} FROM ({sql}) ORDER BY 1", used).fetchall()]
+    if not months:
+        _export(con, none_to, run.count, sql, params)
+        return (none_to,)
+    root = run.folder.parent / "history" / table
+    root.mkdir(parents=True, exist_ok=True)
+    current = {f"{m:%Y-%m}.{written.get(m, run_id)}" for m in months}
+    for entry in root.iterdir():
+        if entry.name.rsplit(".", 1)[0] not in current:
+            shutil.rmtree(entry, ignore_errors=True)
+    folders = []
+    for m in months:
+        folder = root / f"{m:%Y-%m}.{written.get(m, run_id)}.{run.count}"
+        if not (folder / "empty.parquet").exists():  # written last: a folder without it was cut short
+            shutil.rmtree(folder, ignore_errors=True)
+            _export(con, folder, run.count, f"SELECT * FROM ({sql}) WHERE {column} = $history_month",
+                    used | {"history_month": m})
+        folders.append(folder)
+    return tuple(folders)
 
 
 def _gather(work: ShardWork, name: str) -> pl.DataFrame:
@@ -205,7 +246,7 @@ def shard_metrics(work: ShardWork, shard: int, limits: ShardLimits) -> int:
         for table in inputs.GRADING_METRICS_SOURCES:
             schema = table.split(".")[0]
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_input_files(work, table, shard)}', "
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_input_files(work, table, shard)}, "
                         "hive_partitioning = false)")
         con.execute(SNAPSHOT_MACROS)
         metrics = inputs.grading_metrics(con, work.month, work.snapshot)
@@ -241,10 +282,11 @@ class InProcess:
         return [STEPS[step](work, k, ShardLimits(), *args) for k in range(work.count)]
 
 
-def _input_files(work: ShardWork, name: str, shard: int) -> str:
-    """The shard's files of an input (a glob: the export may write several), or the empty one."""
-    folder = work.input_path(name) / f"shard={shard}"
-    return str(folder / "*.parquet") if folder.is_dir() else str(work.input_path(name) / "empty.parquet")
+def _input_files(work: ShardWork, name: str, shard: int) -> list[str]:
+    """The shard's files of an input (globs: an export may write several), or the empty one."""
+    folders = work.input_folders(name)
+    found = [str(f / f"shard={shard}" / "*.parquet") for f in folders if (f / f"shard={shard}").is_dir()]
+    return found or [str(folders[-1] / "empty.parquet")]
 
 
 def _write(frame: pl.DataFrame, path: Path) -> None:
