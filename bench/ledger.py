@@ -124,3 +124,12 @@ def month_sizes(home: Path, month_compact: str, month_first_day: date, month_las
                              ).fetchall()[0][0]
     return {"bill_lines": deliveries.get("BILL"), "acct_lines": deliveries.get("ACCT"), "subscribers_graded": graded,
             "warehouse_bytes": (home / WAREHOUSE_FILE).stat().st_size}
+
+
+def month_run_ids(home: Path, month) -> list[tuple[str]]:
+    """The run that last wrote a month (ops.month_state.run_id)."""
+    con = duckdb.connect(str(home / WAREHOUSE_FILE), read_only=True)
+    try:
+        return con.execute("SELECT run_id FROM ops.month_state WHERE month = ?", [month]).fetchall()
+    finally:
+        con.close()

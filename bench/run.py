@@ -224,6 +224,8 @@ class Bench:
 
     def monthly(self, key: str, p: Province, round_no: int, env: dict, extra: tuple[str, ...] = ()) -> Measurement:
         homes.restore_state(p.home, "pristine", self.s.full_copies)
+        if "--workers" in extra:
+            self.restore_dask_history(p, env, extra)
         before = ledger.run_ids(p.home)
         m = self.measure(key, round_no, self.tierflow("monthly", "--home", str(p.home), "--month", str(p.month),
                                                       *extra), env)
@@ -238,6 +240,23 @@ class Bench:
             self.provinces[p.label]["tier_counts"] = tier_counts(tiers)
         self.check_tiers(m, p, tiers)
         return m
+
+    def restore_dask_history(self, p: Province, env: dict, extra: tuple[str, ...]) -> None:
+        """The exports of months 1..M-1 a Dask deployment keeps from month to month (work/history, made by the
+        monthly runs before M): made once by an unmeasured Dask run of M on the restored state, then put back
+        before each measured one, so that it exports only month M as it would in production."""
+        saved = homes.bench_dir(p.home) / f"dask-history-{homes.state_info(p.home, 'pristine')['state_id']}"
+        if not saved.exists():
+            progress(f"{p.label}: the Dask run's history exports of months 1..{p.previous} (not measured)")
+            self.run_unmeasured("dask-history", self.tierflow("monthly", "--home", str(p.home), "--month",
+                                                              str(p.month), *extra), env)
+            current = {r[0] for r in ledger.month_run_ids(p.home, p.month.first_day)}
+            shutil.copytree(p.home / "work" / "history", saved,
+                            ignore=lambda _, names: [n for n in names if n.split(".")[1:2] and
+                                                     n.split(".")[1] in current])
+            homes.restore_state(p.home, "pristine", self.s.full_copies)
+        shutil.rmtree(p.home / "work" / "history", ignore_errors=True)
+        shutil.copytree(saved, p.home / "work" / "history")
 
     def nightly(self, key: str, p: Province, round_no: int, day: date, restore: bool) -> Measurement:
         if restore:
