@@ -13,10 +13,11 @@ in-memory DuckDB and writes its results there; only the driver reads them back a
   driver  gather    the union sorted by subs_id: the very frames the local path grades, so every mart table and
                     channel file is the same with and without shards
 
-What runs a step for every shard is the caller's (a ShardMap): in order in this process (in_process), or as
+What runs a step for every shard is the caller's (a ShardMap): in order in this process (InProcess), or as
 Prefect tasks on a Dask cluster (flows.dask). A step only reads its inputs and replaces its own output files, so
-it can run again after its worker died. The shard of a subscriber is DuckDB's hash(subs_id): the driver assigns
-every table of one run, nothing about shards is stored.
+it can run again after its worker died. The shard of a subscriber is DuckDB's hash(subs_id), computed by the
+driver for every export. The exports of earlier months (HISTORY) are kept under work/history and reused while
+the month, the shard count and the hash function are the same (a DuckDB upgrade may change the hash).
 """
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ from transforms.core.faults import fault_point
 from transforms.grade.engine import rank_table
 from transforms.grade.grading import Graded, GradingInputs, grade
 from transforms.grade.rulepack import RulePack
-from transforms.runs.ledger import StepTimer
 from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
 from transforms.ingest.layouts import KEYS, ExtractName
+from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
 from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 
@@ -152,8 +153,8 @@ def _export_frame(con, work: ShardWork, name: str, frame: pl.DataFrame) -> None:
 
 def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Path) -> tuple[Path, ...]:
     """The export folders of a HISTORY table's rows that `sql` selects, one per month: a month written by an
-    earlier run is exported once and kept (<home>/work/history/<table>/<YYYY-MM>.<run id>.<count>), this
-    run's month too; a folder no longer matching ops.month_state (its month was run again) is removed. No
+    earlier run is exported once and kept (<home>/work/history/<table>/<YYYY-MM>.<run id>.<count>-<hash
+    probe>), this run's month too; a folder no longer matching ops.month_state (its month was run again) is removed. No
     rows at all: an export without rows to `none_to`."""
     column, run_id = HISTORY[table], run.folder.name
     # this run writes M's rows (also when it regrades M): they are keyed by this run
@@ -166,12 +167,14 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
     root = run.folder.parent / "history" / table
     root.mkdir(parents=True, exist_ok=True)
     current = {f"{m:%Y-%m}.{written.get(m, run_id)}" for m in months}
+    # the same count and hash function as this run's other exports, or a subscriber's rows would be split
+    sharding = f"{run.count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchone()[0]}"
     for entry in root.iterdir():
         if entry.name.rsplit(".", 1)[0] not in current:
             shutil.rmtree(entry, ignore_errors=True)
     folders = []
     for m in months:
-        folder = root / f"{m:%Y-%m}.{written.get(m, run_id)}.{run.count}"
+        folder = root / f"{m:%Y-%m}.{written.get(m, run_id)}.{sharding}"
         if not (folder / "empty.parquet").exists():  # written last: a folder without it was cut short
             shutil.rmtree(folder, ignore_errors=True)
             _export(con, folder, run.count, f"SELECT * FROM ({sql}) WHERE {column} = $history_month",
