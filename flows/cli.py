@@ -215,6 +215,7 @@ def cmd_demo(args, home: Path) -> int:
     args.start = str(DEMO_START)
     cmd_generate(args, home)
     args.start, args.end, args.rules, args.dry_run = str(DEMO_START), str(end), None, False
+    args.workers, args.dask_address = None, None  # no cluster options (TIERFLOW_DASK_ADDRESS still applies)
     cmd_backfill(args, home)
     print()
     cmd_status(args, home)

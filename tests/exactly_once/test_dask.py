@@ -1,15 +1,19 @@
 """The monthly run on a Dask cluster (`--workers 2`: a LocalCluster of two worker processes; July's BILL parsed in
 two byte ranges, July graded over two shards) gives the same warehouse, published copy and channel files, byte for
-byte, as the local path; a worker killed in the middle of
-its shard (and on every retry) fails the run with one line naming the shard, leaves the marts, the published copy
-and the outbox as they were, and the rerun succeeds and equals the local path."""
+byte, as the local path. A worker killed in the middle of its shard (and on every retry) fails the run with one
+line naming the shard, leaves the marts, the published copy and the outbox as they were, and the rerun succeeds
+and equals the local path. The same on a cluster started apart and named by TIERFLOW_DASK_ADDRESS."""
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
+from flows.dask import DASK_ADDRESS_ENV
 from tests.builders import query
+from tests.conftest import free_port
 from tests.exactly_once.conftest import PROJECT, backfill_command, state
 from transforms.core.faults import FAULT_ENV
 
@@ -78,3 +82,33 @@ def test_a_killed_worker_fails_the_run_and_leaves_the_marts_as_they_were(june, r
     rerun = run_on_dask(home, cli_env)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert state(home) == reference
+
+
+def test_on_a_running_cluster_named_by_tierflow_dask_address(june, reference, tmp_path, cli_env):
+    """`dask scheduler` and `dask worker` started apart (as on other machines), the address in
+    TIERFLOW_DASK_ADDRESS: one shard per worker, the same result."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = Path(sys.executable).parent / "dask"
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                 env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                              env={**cli_env, "POLARS_MAX_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        home = tmp_path / "home"
+        shutil.copytree(june, home)
+        done = subprocess.run(backfill_command(home), env={**cli_env, DASK_ADDRESS_ENV: address},
+                              capture_output=True, text=True, cwd=PROJECT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        status, checks = july_run(home)
+        assert status == "SUCCESS" and checks["shards"] == 2
+        assert state(home) == reference
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(30)
