@@ -48,20 +48,8 @@ def july_run(home) -> tuple[str, dict]:
     return status, json.loads(checks) if checks else {}
 
 
-def test_on_dask_every_table_and_file_is_the_local_paths(june, reference, tmp_path, cli_env):
-    home = tmp_path / "home"
-    shutil.copytree(june, home)
-    done = run_on_dask(home, cli_env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    status, checks = july_run(home)
-    assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
-    assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "metrics-2026-07", "grade-2026-07")
-            for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
-    assert state(home) == reference
-    assert run_folders(home) == []  # the shards' files are gone with the run (the history exports stay)
-
-
-def test_a_killed_worker_fails_the_run_and_leaves_the_marts_as_they_were(june, reference, tmp_path, cli_env):
+def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_path(june, reference, tmp_path,
+                                                                                    cli_env):
     home = tmp_path / "home"
     shutil.copytree(june, home)
     before = state(home)
@@ -79,9 +67,14 @@ def test_a_killed_worker_fails_the_run_and_leaves_the_marts_as_they_were(june, r
     assert [f for f in after["outbox"] if "202607" in f and "/daily/" not in f] == []
     assert run_folders(home) == []
 
-    rerun = run_on_dask(home, cli_env)
+    rerun = run_on_dask(home, cli_env)  # on the LocalCluster, as the local path
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    status, checks = july_run(home)
+    assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
+    assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "metrics-2026-07", "grade-2026-07")
+            for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
     assert state(home) == reference
+    assert run_folders(home) == []  # the shards' files are gone with the run (the history exports stay)
 
 
 def test_on_a_running_cluster_named_by_tierflow_dask_address(june, reference, tmp_path, cli_env):
