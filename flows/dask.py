@@ -38,7 +38,8 @@ def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
     (default TIERFLOW_DASK_ADDRESS); `flow` itself when neither is given."""
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None
     if workers and address:
-        raise DaskError("give either --workers (a cluster on this machine) or --dask-address, not both")
+        raise DaskError("give either --workers (a cluster on this machine) or --dask-address / "
+                        f"{DASK_ADDRESS_ENV} (a running cluster), not both")
     if not workers and not address:
         return flow
     from prefect_dask import DaskTaskRunner

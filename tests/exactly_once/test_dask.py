@@ -1,8 +1,9 @@
-"""The monthly run on a Dask cluster (`--workers 2`: a LocalCluster of two worker processes; July's BILL parsed in
-two byte ranges, July graded over two shards) gives the same warehouse, published copy and channel files, byte for
-byte, as the local path. A worker killed in the middle of its shard (and on every retry) fails the run with one
-line naming the shard, leaves the marts, the published copy and the outbox as they were, and the rerun succeeds
-and equals the local path. The same on a cluster started apart and named by TIERFLOW_DASK_ADDRESS."""
+"""The monthly run on Dask gives the same warehouse, published copy and channel files, byte for byte, as the local
+path, and a killed worker leaves the month as it was. On a cluster started apart (`dask scheduler`, `dask worker`,
+named by TIERFLOW_DASK_ADDRESS) whose workers die in their shard's grading, the backfill of July loads July's BILL
+(parsed in two byte ranges there), then fails with one line naming the shard and leaves the marts, the published
+copy and the month's channel files as they were; the rerun on a LocalCluster (`--workers 2`: BILL in two ranges,
+two shards) equals the local path."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from flows.dask import DASK_ADDRESS_ENV
 from tests.builders import query
@@ -22,7 +25,7 @@ ON_DASK = ["--workers", "2"]
 ONE_TRY = {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
 
 
-def run_on_dask(home, env):
+def run_on_dask(home, env):  # on a LocalCluster of two workers
     return subprocess.run(backfill_command(home) + ON_DASK, env=env, capture_output=True, text=True, cwd=PROJECT)
 
 
@@ -48,26 +51,52 @@ def july_run(home) -> tuple[str, dict]:
     return status, json.loads(checks) if checks else {}
 
 
-def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_path(june, reference, tmp_path,
-                                                                                    cli_env):
+@pytest.fixture
+def cluster_whose_workers_die_in_grade(cli_env):
+    """`dask scheduler` and `dask worker` started apart, as on other machines: two workers that die in their
+    shard's grading (TIERFLOW_FAULT), a scheduler that tries a task once. Yields its address."""
+    from distributed import Client
+
+    address, dask = f"tcp://127.0.0.1:{free_port()}", Path(sys.executable).parent / "dask"
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                  "--no-dashboard"], env={**cli_env, **ONE_TRY},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                              env={**cli_env, "POLARS_MAX_THREADS": "1", FAULT_ENV: "in-shard:grade"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(30)
+
+
+def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_path(
+        june, reference, tmp_path, cli_env, cluster_whose_workers_die_in_grade):
     home = tmp_path / "home"
     shutil.copytree(june, home)
     before = state(home)
-    killed = run_on_dask(home, {**cli_env, **ONE_TRY, FAULT_ENV: "in-shard:grade"})
+    on_that_cluster = {**cli_env, DASK_ADDRESS_ENV: cluster_whose_workers_die_in_grade}
+    killed = subprocess.run(backfill_command(home), env=on_that_cluster, capture_output=True, text=True, cwd=PROJECT)
     assert killed.returncode == 1, killed.stderr[-2000:]
     cause = next(line for line in killed.stderr.splitlines() if line.startswith("tierflow backfill: error:"))
     assert "shard" in cause and "grade, 2026-07" in cause and "KilledWorker" in cause, cause
     assert july_run(home)[0] == "FAILED"
     after = state(home)
-    # July's deliveries were loaded (and the nightly notices of its snapshot sent) before the grading failed;
-    # of the grading nothing is left: no mart row, no month state, no monthly channel file, nothing published
+    # July's deliveries were loaded (BILL in ranges on that cluster, the nightly notices of its snapshot sent)
+    # before the grading failed; of the grading nothing is left: no mart row, no month state, no monthly channel
+    # file, nothing published
+    assert after["tables"]["raw.bill"] == reference["tables"]["raw.bill"]
     for table in [t for t in before["tables"] if t.startswith("mart.")] + ["ops.month_state"]:
         assert after["tables"][table] == before["tables"][table], table
     assert after["published"] == before["published"]
     assert [f for f in after["outbox"] if "202607" in f and "/daily/" not in f] == []
     assert run_folders(home) == []
 
-    rerun = run_on_dask(home, cli_env)  # on the LocalCluster, as the local path
+    rerun = run_on_dask(home, cli_env)  # on a LocalCluster (--workers 2)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     status, checks = july_run(home)
     assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
@@ -75,33 +104,3 @@ def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_p
             for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
     assert state(home) == reference
     assert run_folders(home) == []  # the shards' files are gone with the run (the history exports stay)
-
-
-def test_on_a_running_cluster_named_by_tierflow_dask_address(june, reference, tmp_path, cli_env):
-    """`dask scheduler` and `dask worker` started apart (as on other machines), the address in
-    TIERFLOW_DASK_ADDRESS: one shard per worker, the same result."""
-    from distributed import Client
-
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = Path(sys.executable).parent / "dask"
-    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                 env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-                              env={**cli_env, "POLARS_MAX_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
-        home = tmp_path / "home"
-        shutil.copytree(june, home)
-        done = subprocess.run(backfill_command(home), env={**cli_env, DASK_ADDRESS_ENV: address},
-                              capture_output=True, text=True, cwd=PROJECT)
-        assert done.returncode == 0, done.stderr[-2000:]
-        status, checks = july_run(home)
-        assert status == "SUCCESS" and checks["shards"] == 2
-        assert state(home) == reference
-    finally:
-        for process in (worker, scheduler):
-            process.terminate()
-            process.wait(30)
