@@ -8,7 +8,6 @@ warehouse itself, so tasks can run in other processes and only one of them write
 """
 from __future__ import annotations
 
-import shutil
 from functools import cache
 from datetime import date, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from transforms.runs.lock import writer_lock
 from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
 from transforms.runs.monthly import MonthlyOptions, run_monthly
 from transforms.runs.owed import deliver_owed
-from transforms.runs.shards import work_folder
+from transforms.runs.shards import remove_work_folder
 from transforms.warehouse.db import connect, scalar, snapshot_date_for
 
 
@@ -76,7 +75,7 @@ def recover(home: str) -> dict:
         for run_id in interrupted:
             progress(f"  run {run_id} had been interrupted: closed as INTERRUPTED")
             remove_leftovers_under(quality_dir(Path(home), run_id))  # results it was writing when it died
-            shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)  # its shards' files
+            remove_work_folder(Path(home), run_id)  # its shards' files
         delivered = deliver_owed(con, Path(home), publishing=False)
         if delivered["files"]:
             progress(f"  delivered {len(delivered['files'])} owed channel file(s)")
@@ -124,7 +123,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
             except DaskError as exc:
                 raise RunFailed(str(exc)) from None
             finally:
-                shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)
+                remove_work_folder(Path(home), run_id)
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
                 progress(f"  {r.line()}")
@@ -176,7 +175,7 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
             except (MonthlyError, DaskError) as exc:
                 raise RunFailed(str(exc)) from None
             finally:
-                shutil.rmtree(work_folder(Path(home), run_id), ignore_errors=True)
+                remove_work_folder(Path(home), run_id)
             delivered = deliver_owed(con, Path(home), publishing=False)  # the flow publishes once, at its end
             finish_run(con, run_id, "SUCCESS", result.line(), input_files=input_files(con, target),
                        output_files=[{"file": f.relpath, "records": f.records, "md5": f.md5} for f in result.files],

@@ -5,7 +5,7 @@ Order: (1) ineligible -> the unrated tier, reason of the first eligibility check
 -> its tier, reason OVERRIDE, never capped; (3..) the pack rules, first match wins, then the caps in pack order.
 Everything is one vectorised select: when/then chains over tier indexes (the pack order), no Python loop per row.
 Ranks (pack `ranks:`) need the whole population: rank_table is a cheap global pass over the rank keys of eligible
-subscribers; with it, any split of the subscribers grades independently (assign_tiers_sharded).
+subscribers; with it, any split of the subscribers grades independently (transforms.runs.shards).
 Downgrade protection is applied afterwards (apply_protection), with the tiers in effect; tags (compute_tags) and
 entitlements (entitlements, entitlement_changes) come from the final tiers.
 """
@@ -213,8 +213,8 @@ def _with_ranks(pack: RulePack, frame: pl.DataFrame, ranks: pl.DataFrame | None)
     """`frame` (with the eligibility and rank-key metrics) plus the rank columns, null where not ranked.
 
     `ranks` None: ranked among the eligible rows of `frame`. Otherwise a rank table (or part of one) of a larger
-    population: when its rows are the eligible rows of `frame` in the same order (a shard of both, as
-    assign_tiers_sharded makes them) the columns are placed by position, else joined by subs_id."""
+    population: when its rows are the eligible rows of `frame` in the same order (a shard of both) the
+    columns are placed by position, else joined by subs_id."""
     if not pack.ranks:
         return frame
     missing = [] if ranks is None else [c for c in ["subs_id", *_rank_columns(pack)] if c not in ranks.columns]
@@ -231,30 +231,6 @@ def _with_ranks(pack: RulePack, frame: pl.DataFrame, ranks: pl.DataFrame | None)
                                   .scatter(at, ranks[name]).alias(name) for name in _rank_columns(pack))
     return frame.join(ranks.select("subs_id", *_rank_columns(pack)), on="subs_id", how="left", validate="m:1",
                       maintain_order="left")
-
-
-def assign_tiers_sharded(pack: RulePack, metrics: pl.DataFrame, shards: int,
-                         overrides: pl.DataFrame | None = None) -> pl.DataFrame:
-    """assign_tiers over `shards` independent parts of the subscribers (by hash of subs_id), with the ranks
-    computed once over everyone; the result equals assign_tiers(pack, metrics, overrides), row for row.
-    Each part is one call assign_tiers(pack, part, overrides, ranks=part of rank_table): parts can run on
-    separate workers (any split works: a rank table not aligned with the part is joined by subs_id)."""
-    if shards < 1:
-        raise ValueError(f"shards must be at least 1, got {shards}")
-    shard_of = (pl.col("subs_id").hash(seed=0) % shards).alias("_shard")
-    table = rank_table(pack, metrics) if pack.ranks else None
-    parts = metrics.with_row_index("_row").with_columns(shard_of).partition_by(
-        "_shard", as_dict=True, maintain_order=True)
-    rank_parts = {} if table is None else table.with_columns(shard_of).partition_by(
-        "_shard", as_dict=True, maintain_order=True)
-    results = []
-    for key, part in parts.items():
-        part_ranks = None if table is None else rank_parts.get(key, table.clear()).drop("_shard", strict=False)
-        graded = assign_tiers(pack, part.drop("_row", "_shard"), overrides, part_ranks)
-        results.append(graded.with_columns(part["_row"]))
-    if not results:
-        return assign_tiers(pack, metrics, overrides)
-    return pl.concat(results).sort("_row").drop("_row")
 
 
 # --- tags and entitlements ------------------------------------------------------------------------------------

@@ -94,6 +94,11 @@ def work_folder(home: Path, run_id: str) -> Path:
     return Path(home) / "work" / run_id
 
 
+def remove_work_folder(home: Path, run_id: str) -> None:
+    """A run's shard files, once it ended (or died): the history exports stay."""
+    shutil.rmtree(work_folder(home, run_id), ignore_errors=True)
+
+
 # --- driver ----------------------------------------------------------------------------------------------------
 
 def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack,
@@ -136,7 +141,7 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
 
 def _export(con, path: Path, count: int, sql: str, params: dict) -> None:
     """Rows of `sql` to <path>/shard=<k>/, and an empty file of the same columns for a shard without rows."""
-    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+    used = _params_of(sql, params)
     path.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"COPY (SELECT *, CAST(hash(subs_id) % {count} AS INTEGER) AS shard FROM ({sql})) "
                 f"TO '{path}' (FORMAT parquet, PARTITION_BY (shard))", used)
@@ -159,7 +164,7 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
     column, run_id = HISTORY[table], run.folder.name
     # this run writes M's rows (also when it regrades M): they are keyed by this run
     written = dict(con.execute("SELECT month, run_id FROM ops.month_state").fetchall()) | {params["m"]: run_id}
-    used = {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
+    used = _params_of(sql, params)
     months = [m for (m,) in con.execute(f"SELECT DISTINCT {column} FROM ({sql}) ORDER BY 1", used).fetchall()]
     if not months:
         _export(con, none_to, run.count, sql, params)
@@ -181,6 +186,11 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
                     used | {"history_month": m})
         folders.append(folder)
     return tuple(folders)
+
+
+def _params_of(sql: str, params: dict) -> dict:
+    """The parameters `sql` names (DuckDB refuses unused ones)."""
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
 def _gather(work: ShardWork, name: str) -> pl.DataFrame:
