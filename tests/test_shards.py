@@ -1,7 +1,7 @@
-"""Grading over subscriber shards (transforms.runs.shards), shards run one after the other in this process: the
-union of the shards is the very frames the local path grades, for a pack with a global rank (abc) and one
-without (six-star), for one shard, a few, and many (most without an override: their input is empty). What a shard
-is given holds no personal data. The same on a Dask cluster, through the CLI: tests/exactly_once/test_dask.py."""
+"""Points and grading over subscriber shards (transforms.runs.shards), shards run one after the other in this
+process: the union of the shards is the very frames the local path computes, for a pack with a global rank (abc)
+and one without (six-star), for one shard, a few, and many (most without an override: their input is empty). What
+a shard is given holds no personal data. The same on a Dask cluster, through the CLI: tests/exactly_once/test_dask.py."""
 from __future__ import annotations
 
 import shutil
@@ -16,7 +16,8 @@ from tests.builders import deliver, query
 from transforms.core.calendar import Month
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.packs import pack_for_month
-from transforms.runs.shards import InProcess, grade_on_shards
+from transforms.grade.points import PointsMonth, apply_points_to_totals
+from transforms.runs.shards import InProcess, grade_on_shards, points_on_shards
 from transforms.synth.generate import generate_province
 from transforms.warehouse import inputs
 from transforms.warehouse.db import connect, snapshot_date_for
@@ -25,14 +26,21 @@ from transforms.warehouse.db import connect, snapshot_date_for
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, prefect_harness) -> Path:
-    """200 generated subscribers (suspensions, redemptions, churn) and three overrides for July, graded up to
-    July."""
+    """200 generated subscribers (suspensions, redemptions, churn), three overrides for July, and August's
+    redemptions of REDEEMED (points accrue from July, the first graded month after June: before August nobody has
+    any), graded up to August."""
     home = tmp_path_factory.mktemp("shards")
-    generate_province(home, subscribers=200, start=Month(2025, 1), months=7, seed=11)
+    generate_province(home, subscribers=200, start=Month(2025, 1), months=8, seed=11)
     deliver(home, "20250710", "OVERRIDE_20250710.dat", [f"OV{n}|S000000000{n}|STAR5|202507|202507|campaign|张经理"
                                                         for n in (1, 2, 3)])
-    backfill_flow(str(home), "2025-01", "2025-07")
+    deliver(home, "20250820", "REDEEM_20250820.dat", [f"RT{k}|{subs}|2025081{k}120000|{points}|APP"
+                                                      for k, (subs, points) in enumerate(REDEEMED)])
+    backfill_flow(str(home), "2025-01", "2025-08")
     return home
+
+
+REDEEMED = [("S0000000010", 1), ("S0000000010", 10**9), ("S0000000020", 1), ("S0000000030", 2),
+            ("S0000000040", 10**9), ("S0000000050", 1)]
 
 
 def local_grading(con, month: Month, pack, previous_pack):
@@ -61,22 +69,43 @@ def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, p
     assert overrides.equals(expected_inputs.overrides)
     for name in ("assignment", "changes", "entitlement_changes"):
         assert getattr(graded, name).equals(getattr(expected, name)), name
-    shard_sizes = [pl.read_parquet(p).height for p in sorted((tmp_path / str(month) / "outputs").glob("metrics-*"))]
+    outputs = tmp_path / str(month) / "grade" / "outputs"
+    shard_sizes = [pl.read_parquet(p).height for p in sorted(outputs.glob("metrics-*"))]
     assert len(shard_sizes) == count and sum(shard_sizes) == metrics.height
-    exported = {p.name for p in (tmp_path / str(month) / "inputs" / "overrides").glob("shard=*")}
+    exported = {p.name for p in (tmp_path / str(month) / "grade" / "inputs" / "overrides").glob("shard=*")}
     if count == 16:
         assert len(exported) <= 3  # most shards have no override: they read the empty file
 
 
-def test_a_shard_is_given_no_personal_data(home, tmp_path):
-    con = connect(home, read_only=True)
+@pytest.mark.parametrize("count", [1, 3, 16])
+def test_the_points_of_the_shards_are_those_of_the_local_path(home, tmp_path, count):
+    august, pack = Month(2025, 8), pack_for_month("six-star", Month(2025, 8))
+    con = connect(home, read_only=True)  # August's points again: they read only what came before August's
     try:
-        pack = pack_for_month("six-star", Month(2025, 7))
-        grade_on_shards(con, Month(2025, 7), snapshot_date_for(con, Month(2025, 7)), pack, pack,
-                        InProcess(2, tmp_path))
+        expected = apply_points_to_totals(august, *inputs.points_inputs(con, august, pack),
+                                          pack.points.expiry_months)
+        sharded = points_on_shards(con, august, snapshot_date_for(con, august), pack, InProcess(count, tmp_path))
     finally:
         con.close()
-    files = list((tmp_path / "2025-07" / "inputs").rglob("*.parquet"))
+    def ours(frame):  # beside the generated redemptions
+        return [t for t in frame["txn_id"] if t.startswith("RT")]
+    # S0000000020 earned nothing in July: its one point is more than it has, as the 10**9 of the others
+    assert ours(expected.accepted) == ["RT0", "RT3", "RT5"] and ours(expected.rejected) == ["RT1", "RT2", "RT4"]
+    assert expected.lot_changes.height == 3 and expected.new_lots.height > 150  # one lot each (July's)
+    for frame in PointsMonth.__dataclass_fields__:
+        assert getattr(sharded, frame).equals(getattr(expected, frame)), frame
+
+
+def test_a_shard_is_given_no_personal_data(home, tmp_path):
+    july = Month(2025, 7)
+    con = connect(home, read_only=True)
+    try:
+        pack = pack_for_month("six-star", july)
+        points_on_shards(con, july, snapshot_date_for(con, july), pack, InProcess(2, tmp_path))
+        grade_on_shards(con, july, snapshot_date_for(con, july), pack, pack, InProcess(2, tmp_path))
+    finally:
+        con.close()
+    files = list((tmp_path / "2025-07").rglob("*.parquet")) + list((tmp_path.parent / "history").rglob("*.parquet"))
     assert files
     columns = set().union(*(pl.read_parquet_schema(f) for f in files))
     assert "subs_id" in columns and not columns & {"msisdn", "cust_id", "cust_name", "cert_no"}

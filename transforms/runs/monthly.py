@@ -3,7 +3,8 @@
 The steps, in order (each timed for ops.run_ledger):
   aggregate       BILL_M -> mart.subscriber_month (earlier months come from the stored aggregates)
   gate 2          grading inputs (quality.gates.gate_grading_inputs)
-  points          redemptions, expiry and accrual of M -> points ledger and mart.points_balance
+  points          redemptions, expiry and accrual of M (over subscriber shards when options.shards is given)
+                  -> points ledger and mart.points_balance
   grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M (or
                   over subscriber shards, transforms.runs.shards, when options.shards is given) ->
                   tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
@@ -34,7 +35,7 @@ from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
 from transforms.runs.owed import PUBLISH, REPORT, owe, owe_files
-from transforms.runs.shards import ShardMap, grade_on_shards
+from transforms.runs.shards import ShardMap, grade_on_shards, points_on_shards
 from transforms.runs.month_state import (MonthlyError, check_ordering, record_month_state, require_bill,
                                          window_complete)
 from transforms.warehouse import inputs
@@ -89,7 +90,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             checks = [gate_grading_inputs(con, month, pack.grading_window,
                                           options.results_dir).raise_if_failed().as_dict()]
         with steps("points"):
-            points = _points(con, month, pack)
+            points = _points(con, month, pack, snapshot, options.shards, steps)
             expiring = inputs.points_expiring(con, month, pack.points.expiry_months)
             write_points_expiring(con, month, expiring)
         if gradable:
@@ -129,12 +130,12 @@ def _require_inputs(con, month: Month) -> date:
     return snapshot
 
 
-def _points(con, month: Month, pack: RulePack) -> dict:
+def _points(con, month: Month, pack: RulePack, snapshot: date, shards: ShardMap | None, steps: StepTimer) -> dict:
     """Redemptions, expiry and accrual of M (rules.md 'Points'), written to the ledger and mart.points_balance."""
-    expiry = pack.points.expiry_months
-    result = apply_points_to_totals(month, inputs.lot_totals(con, month, expiry),
-                                    inputs.open_lots(con, month, expiry, redeemers_only=True),
-                                    inputs.redemptions_of(con, month), inputs.accrual_base(con, month, pack), expiry)
+    if shards is None:
+        result = apply_points_to_totals(month, *inputs.points_inputs(con, month, pack), pack.points.expiry_months)
+    else:
+        result = points_on_shards(con, month, snapshot, pack, shards, steps)
     write_points(con, month, result)
     return {"earned": int(result.balances["earned"].sum() or 0),
             "redeemed": int(result.balances["redeemed"].sum() or 0),

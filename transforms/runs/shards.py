@@ -5,8 +5,11 @@ The driver (the process holding the warehouse's writer lock, inside the monthly 
 shards read as Parquet partitioned by shard, in the run's work folder under the home; each shard runs in its own
 in-memory DuckDB and writes its results there; only the driver reads them back and writes the warehouse.
 
-  driver  export    grading_metrics' sources (inputs.GRADING_METRICS_SOURCES), the overrides, tier spells and
-                    M-1's assignment, each row in shard hash(subs_id) % count
+  driver  export    what the points step reads (inputs.POINTS_SOURCES), each row in shard hash(subs_id) % count
+  shards  points    points.apply_points_to_totals over inputs.points_inputs of the shard's rows
+  driver  gather    the union of the points frames, which the monthly run writes as the local path's
+  driver  export    grading_metrics' sources (inputs.GRADING_METRICS_SOURCES, with M's points now written), the
+                    overrides, tier spells and M-1's assignment
   shards  metrics   inputs.grading_metrics over the shard's rows, the same SQL as the local path
   driver  ranks     the rank table over the union of the metrics (rank packs only: a rank needs everyone)
   shards  grade     grading.grade with the shard's ranks: tiers, tags, changes, entitlement changes
@@ -24,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path
 from typing import Callable, Protocol
@@ -36,6 +39,7 @@ from transforms.core.calendar import Month
 from transforms.core.faults import fault_point
 from transforms.grade.engine import rank_table
 from transforms.grade.grading import Graded, GradingInputs, grade
+from transforms.grade.points import PointsMonth, apply_points_to_totals
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
 from transforms.ingest.layouts import KEYS, ExtractName
@@ -44,9 +48,12 @@ from transforms.warehouse import inputs
 from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 
 GRADED = ("assignment", "changes", "entitlement_changes")  # what the grade step writes, a frame of Graded each
+POINTS = tuple(f.name for f in fields(PointsMonth))  # what the points step writes
 # Inputs whose rows of month m only the monthly run of m writes (it records itself in ops.month_state): their
 # export of a month stays right until the month is run again, so each month is exported once (_history).
-HISTORY = {"mart.subscriber_month": "month", "staging.points_lot": "earn_month"}
+HISTORY = {"mart.subscriber_month": "month", "staging.points_lot": "earn_month", "staging.points_move": "month"}
+# Kept this long before M; an older month is exported again if a step ever reads it (costs time, never results).
+HISTORY_KEPT_MONTHS = 60
 
 
 @dataclass(frozen=True)
@@ -108,20 +115,10 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     the marts are written with besides the result) and what grading.grade returns. `steps` times each phase
     (shards_export, shards_metrics, shards_ranks, shards_grade, shards_gather)."""
     steps = steps or StepTimer()
-    folder = run.folder / str(month)
-    if folder.exists():
-        shutil.rmtree(folder)  # a rerun of the same run id starts clean
-    folder.mkdir(parents=True, mode=0o700)
     with steps("shards_export"):
         overrides = inputs.active_overrides(con, month)
-        params = inputs.grading_metrics_params(month, snapshot)
-        sources = []
-        for table, sql in inputs.GRADING_METRICS_SOURCES.items():
-            if table in HISTORY:
-                sources.append((table, _history(con, run, table, sql, params, folder / "inputs" / table)))
-            else:
-                _export(con, folder / "inputs" / table, run.count, sql, params)
-        work = ShardWork(folder, run.count, month, snapshot, tuple(sources))
+        work = _export_sources(con, run, month, snapshot, "grade", inputs.GRADING_METRICS_SOURCES,
+                               inputs.grading_metrics_params(month, snapshot))
         for name, frame in (("overrides", overrides), ("spells", inputs.tier_spells(con, month)),
                             ("previous", inputs.assignment_of(con, month - 1))):
             _export_frame(con, work, name, frame)
@@ -137,6 +134,37 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     with steps("shards_gather"):
         graded = Graded(*(_gather(work, name) for name in GRADED))
     return metrics, overrides, graded
+
+
+def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack, run: ShardMap,
+                     steps: StepTimer | None = None) -> PointsMonth:
+    """The points of M as the local path computes them (points.apply_points_to_totals over inputs.points_inputs),
+    over run.count shards. `steps` times each phase (points_export, points_shards, points_gather)."""
+    steps = steps or StepTimer()
+    with steps("points_export"):
+        work = _export_sources(con, run, month, snapshot, "points", inputs.POINTS_SOURCES,
+                               inputs.points_params(month, pack.points.expiry_months))
+    with steps("points_shards"):
+        run("points", work, pack)
+    with steps("points_gather"):
+        return PointsMonth(*(_gather(work, name) for name in POINTS))
+
+
+def _export_sources(con, run: ShardMap, month: Month, snapshot: date, part: str, sources: dict[str, str],
+                    params: dict) -> ShardWork:
+    """A clean folder for one part of M's sharded work (a rerun of the same run id starts again) and every table
+    of `sources` exported to it by shard (a HISTORY table: one folder per month, kept between runs)."""
+    folder = run.folder / str(month) / part
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, mode=0o700)
+    exported = []
+    for table, sql in sources.items():
+        if table in HISTORY:
+            exported.append((table, _history(con, run, table, sql, params, folder / "inputs" / table)))
+        else:
+            _export(con, folder / "inputs" / table, run.count, sql, params)
+    return ShardWork(folder, run.count, month, snapshot, tuple(exported))
 
 
 def _export(con, path: Path, count: int, sql: str, params: dict) -> None:
@@ -157,10 +185,11 @@ def _export_frame(con, work: ShardWork, name: str, frame: pl.DataFrame) -> None:
 
 
 def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Path) -> tuple[Path, ...]:
-    """The export folders of a HISTORY table's rows that `sql` selects, one per month: a month written by an
-    earlier run is exported once and kept (<home>/work/history/<table>/<YYYY-MM>.<run id>.<count>-<hash
-    probe>), this run's month too; a folder no longer matching ops.month_state (its month was run again) is removed. No
-    rows at all: an export without rows to `none_to`."""
+    """The export folders of a HISTORY table's rows that `sql` selects, one per month (`sql` filters on the
+    table's HISTORY column only, so that a month's folder holds all its rows whichever step reads it): a month
+    written by an earlier run is exported once and kept (<home>/work/history/<table>/<YYYY-MM>.<run id>.<count>-
+    <hash probe>), this run's month too; a folder of a month written again since (ops.month_state) is removed, and
+    one older than HISTORY_KEPT_MONTHS. No rows at all: an export without rows to `none_to`."""
     column, run_id = HISTORY[table], run.folder.name
     # this run writes M's rows (also when it regrades M): they are keyed by this run
     written = dict(con.execute("SELECT month, run_id FROM ops.month_state").fetchall()) | {params["m"]: run_id}
@@ -171,11 +200,11 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
         return (none_to,)
     root = run.folder.parent / "history" / table
     root.mkdir(parents=True, exist_ok=True)
-    current = {f"{m:%Y-%m}.{written.get(m, run_id)}" for m in months}
     # the same count and hash function as this run's other exports, or a subscriber's rows would be split
     sharding = f"{run.count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchone()[0]}"
+    oldest_kept = f"{(Month.of(params['m']) - HISTORY_KEPT_MONTHS).first_day:%Y-%m}"
     for entry in root.iterdir():
-        if entry.name.rsplit(".", 1)[0] not in current:
+        if _superseded(entry.name, written, run_id, oldest_kept):
             shutil.rmtree(entry, ignore_errors=True)
     folders = []
     for m in months:
@@ -188,15 +217,28 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
     return tuple(folders)
 
 
+def _superseded(name: str, written: dict, run_id: str, oldest_kept: str) -> bool:
+    """Whether a history export folder (<YYYY-MM>.<run id>.<sharding>) is of no use any more: its month was
+    written again since (`written`: month -> the run that wrote it), by no recorded run (one that died), or is
+    older than `oldest_kept` (YYYY-MM)."""
+    month_text, entry_run, *_ = name.split(".") + ["", ""]
+    try:
+        month = date.fromisoformat(f"{month_text}-01")
+    except ValueError:
+        return True
+    return month_text < oldest_kept or written.get(month, run_id) != entry_run
+
+
 def _params_of(sql: str, params: dict) -> dict:
     """The parameters `sql` names (DuckDB refuses unused ones)."""
     return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
 def _gather(work: ShardWork, name: str) -> pl.DataFrame:
-    """The union of every shard's output, sorted by subs_id as the local path's frames are."""
+    """The union of every shard's output in the local path's order: by subs_id, and within a subscriber (whose
+    rows all come from one shard) in the shard's order (e.g. lots by month, redemptions by time)."""
     frames = [pl.read_parquet(work.output_path(name, k)) for k in range(work.count)]
-    return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id")
+    return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id", maintain_order=True)
 
 
 # --- BILL in byte ranges ------------------------------------------------------------------------------------------
@@ -254,19 +296,38 @@ def parse_range(work: RangeWork, part: int, limits: ShardLimits) -> int:
 def shard_metrics(work: ShardWork, shard: int, limits: ShardLimits) -> int:
     """The grading metrics of the shard's subscribers (inputs.grading_metrics over the shard's rows)."""
     fault_point("in-shard:metrics")
-    con = duckdb.connect(":memory:", config={"threads": limits.threads, "memory_limit": limits.memory_limit})
+    con = _shard_connection(work, shard, limits, inputs.GRADING_METRICS_SOURCES)
     try:
-        for table in inputs.GRADING_METRICS_SOURCES:
-            schema = table.split(".")[0]
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_input_files(work, table, shard)}, "
-                        "hive_partitioning = false)")
         con.execute(SNAPSHOT_MACROS)
         metrics = inputs.grading_metrics(con, work.month, work.snapshot)
     finally:
         con.close()
     _write(metrics, work.output_path("metrics", shard))
     return metrics.height
+
+
+def shard_points(work: ShardWork, shard: int, limits: ShardLimits, pack: RulePack) -> int:
+    """points.apply_points_to_totals over inputs.points_inputs of the shard's subscribers."""
+    fault_point("in-shard:points")
+    con = _shard_connection(work, shard, limits, inputs.POINTS_SOURCES)
+    try:
+        result = apply_points_to_totals(work.month, *inputs.points_inputs(con, work.month, pack),
+                                        pack.points.expiry_months)
+    finally:
+        con.close()
+    for name in POINTS:
+        _write(getattr(result, name), work.output_path(name, shard))
+    return result.balances.height
+
+
+def _shard_connection(work: ShardWork, shard: int, limits: ShardLimits, tables) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB in which each of `tables` is a view, under its own name, of the shard's rows."""
+    con = duckdb.connect(":memory:", config={"threads": limits.threads, "memory_limit": limits.memory_limit})
+    for table in tables:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_input_files(work, table, shard)}, "
+                    "hive_partitioning = false)")
+    return con
 
 
 def shard_grade(work: ShardWork, shard: int, limits: ShardLimits, pack: RulePack, previous_pack: RulePack) -> int:
@@ -282,7 +343,8 @@ def shard_grade(work: ShardWork, shard: int, limits: ShardLimits, pack: RulePack
     return graded.assignment.height
 
 
-STEPS: dict[str, Callable] = {"metrics": shard_metrics, "grade": shard_grade, "bill": parse_range}
+STEPS: dict[str, Callable] = {"points": shard_points, "metrics": shard_metrics, "grade": shard_grade,
+                              "bill": parse_range}
 
 
 @dataclass(frozen=True)

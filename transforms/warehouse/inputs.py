@@ -31,6 +31,36 @@ GRADING_METRICS_SOURCES = {
 }
 
 
+# What points_inputs reads of M, table by table (for a shard, as GRADING_METRICS_SOURCES): the lots and moves since
+# the oldest lot still open (a lot's moves are dated in or after its month), M's redemptions and consumption,
+# M-1's tiers (the multiplier in effect during M).
+POINTS_SOURCES = {
+    "staging.points_lot": "SELECT subs_id, earn_month, earned FROM staging.points_lot "
+                          "WHERE earn_month >= $oldest AND earn_month < $m",
+    "staging.points_move": "SELECT month, subs_id, earn_month, redeemed, expired FROM staging.points_move "
+                           "WHERE month >= $oldest AND month < $m",
+    "raw.redeem": "SELECT txn_id, subs_id, txn_time, points FROM raw.redeem WHERE txn_time >= $m AND txn_time < $next",
+    "mart.subscriber_month": "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month "
+                             "WHERE month = $m",
+    "mart.tier_assignment": "SELECT subs_id, grade_month, tier FROM mart.tier_assignment WHERE grade_month = $prev",
+}
+
+
+def points_params(month: Month, expiry_months: int) -> dict:
+    """The parameters of POINTS_SOURCES."""
+    return {"m": month.first_day, "oldest": (month - expiry_months).first_day, "next": (month + 1).first_day,
+            "prev": (month - 1).first_day}
+
+
+def points_inputs(con: duckdb.DuckDBPyConnection, month: Month,
+                  pack: RulePack) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """What the points step of M reads, in the order of points.apply_points_to_totals: the lot totals, the open
+    lots of M's redeemers, M's redemptions, the accrual base."""
+    expiry = pack.points.expiry_months
+    return (lot_totals(con, month, expiry), open_lots(con, month, expiry, redeemers_only=True),
+            redemptions_of(con, month), accrual_base(con, month, pack))
+
+
 def grading_metrics_params(month: Month, snapshot: date) -> dict:
     """The parameters of grading_metrics and of GRADING_METRICS_SOURCES."""
     return {"snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
