@@ -427,3 +427,27 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260811.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
     assert [s.out.records for s in nightly_sets(con, date(2026, 8, 11), CHANNELS, PACK.unrated)] == [0]
+
+
+def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch):
+    """render builds a file's text RENDER_CHUNK_ROWS rows at a time (bounded memory for a month telling
+    millions): any chunk size gives the same bytes, the CSV header once, the control line over the whole file."""
+    from transforms.deliver import render as rendering
+    records = pl.DataFrame({"subs_id": [f"S{k}" for k in range(7)], "from_tier": ["STAR1"] * 7,
+                            "to_tier": ["STAR2"] * 6 + ["UNRATED"],
+                            "change_type": ["UPGRADE"] * 6 + ["LOST"], "kind": ["CHANGE"] * 7,
+                            "entitlements_gained": [["PRIORITY_COUNTER"]] * 6 + [[]],
+                            "entitlements_lost": [[]] * 6 + [["POINTS_REMINDER"]]})
+    context = pl.DataFrame({"subs_id": [f"S{k}" for k in range(7)], "msisdn": [f"1380000000{k}" for k in range(7)],
+                            "region_code": ["4110"] * 7, "manager_id": ["经理7"] * 7,
+                            "tags": [["ARREARS", "ROAMER"]] * 7, "reason": ["AVG6"] * 7})
+    facts = rendering.change_facts(JUL, records, context)
+    channels = by_feed(CHANNELS, CHANGE_FEED)
+    assert {c.format for c in channels} == {"pipe_gbk_with_chk", "jsonl", "csv"}
+    whole = [rendering.render(c, facts, f"{c.name}.out") for c in channels]
+    monkeypatch.setattr(rendering, "RENDER_CHUNK_ROWS", 2)
+    chunked = [rendering.render(c, facts, f"{c.name}.out") for c in channels]
+    assert chunked == whole
+    assert all(f.payload.count(b"\n") >= 7 and f.records == 7 for f in whole)
+    csv = next(f for f in chunked if f.relpath.startswith("crm")).payload.decode()
+    assert csv.count("subs_id") == 1  # one header

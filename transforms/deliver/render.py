@@ -164,20 +164,33 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
 
 # --- rendering ----------------------------------------------------------------------------------------------------
 
+# Rows rendered at a time: a file's text is built chunk by chunk, so that a month telling most subscribers (the
+# first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) holds its bytes once, not also as
+# one string per column and one Python string of the whole file (21 GiB measured at 10M before).
+RENDER_CHUNK_ROWS = 500_000
+
+
 def render(channel: Channel, facts: pl.DataFrame, relpath: str) -> OutFile:
-    """One channel file from its facts (already sorted by subs_id)."""
+    """One channel file from its facts (already sorted by subs_id); the same bytes whatever the chunk size."""
     rows = facts.with_columns(**_derived_columns(channel)).select(channel.fields)
-    if channel.format == "jsonl":
-        text = _joined_lines(rows.select(line=pl.struct(channel.fields).struct.json_encode()))
-    elif channel.format == "csv":
-        text = _as_text(rows, empty_as_null=True).write_csv(line_terminator="\n", quote_style="necessary")
-    else:
-        text = _joined_lines(_pipe_lines(channel, _as_text(rows, empty_as_null=False)))
-    payload = _encode(channel, relpath, text)
+    chunks = list(rows.iter_slices(RENDER_CHUNK_ROWS)) or [rows]
+    if channel.format == "pipe_gbk_with_chk":
+        _check_pipe_values(channel, chunks)
+    payload = b"".join(_encode(channel, relpath, _text(channel, chunk, first=k == 0)) for k, chunk in enumerate(chunks))
     control = None
     if channel.format == "pipe_gbk_with_chk":
         control = control_line(Path(relpath).name, rows.height, payload, channel.encoding)
     return OutFile(channel.name, relpath, payload, rows.height, control)
+
+
+def _text(channel: Channel, rows: pl.DataFrame, first: bool) -> str:
+    """The lines of some rows in the channel's format (the CSV header with the first rows only)."""
+    if channel.format == "jsonl":
+        return _joined_lines(rows.select(line=pl.struct(channel.fields).struct.json_encode()))
+    if channel.format == "csv":
+        return _as_text(rows, empty_as_null=True).write_csv(line_terminator="\n", quote_style="necessary",
+                                                             include_header=first)
+    return _joined_lines(_pipe_lines(_as_text(rows, empty_as_null=False)))
 
 
 def _derived_columns(channel: Channel) -> dict[str, pl.Expr]:
@@ -203,14 +216,23 @@ def _as_text(rows: pl.DataFrame, empty_as_null: bool) -> pl.DataFrame:
     return rows.select(exprs)
 
 
-def _pipe_lines(channel: Channel, rows: pl.DataFrame) -> pl.DataFrame:
+def _check_pipe_values(channel: Channel, chunks: list[pl.DataFrame]) -> None:
     """extracts.md record format: `|` separated, empty field = null. A value holding `|` or a line break
-    would shift the columns for the receiver, so it stops the run instead."""
-    for column in rows.columns:
-        bad = rows.filter(pl.col(column).str.contains(r"[|\r\n]"))
-        if bad.height:  # named by subs_id, never by the value (it may be personal data)
-            who = f", e.g. subs_id {bad['subs_id'][0]}" if "subs_id" in bad.columns else ""
-            raise ChannelError(f"{channel.name}: {bad.height} value(s) of {column} hold '|' or a line break{who}")
+    would shift the columns for the receiver, so it stops the run instead (counted over the whole file)."""
+    columns = chunks[0].columns
+    bad: dict[str, list[pl.DataFrame]] = {c: [] for c in columns}
+    for chunk in chunks:
+        text = _as_text(chunk, empty_as_null=False)
+        for column in columns:
+            bad[column].append(text.filter(pl.col(column).str.contains(r"[|\r\n]")))
+    for column in columns:
+        found = pl.concat(bad[column])
+        if found.height:  # named by subs_id, never by the value (it may be personal data)
+            who = f", e.g. subs_id {found['subs_id'][0]}" if "subs_id" in found.columns else ""
+            raise ChannelError(f"{channel.name}: {found.height} value(s) of {column} hold '|' or a line break{who}")
+
+
+def _pipe_lines(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.select(line=pl.concat_str([pl.col(c).fill_null("") for c in rows.columns], separator="|"))
 
 
