@@ -165,8 +165,9 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
 # --- rendering ----------------------------------------------------------------------------------------------------
 
 # Rows rendered at a time: a file's text is built chunk by chunk, so that a month telling most subscribers (the
-# first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) holds its bytes once, not also as
-# one string per column and one Python string of the whole file (21 GiB measured at 10M before).
+# first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) holds its bytes once, not also as a
+# text column per field and one Python string of the whole file (the records and facts frames of such a month
+# still take most of its memory: BENCHMARKS.md, 10M).
 RENDER_CHUNK_ROWS = 500_000
 
 
