@@ -27,8 +27,8 @@ from transforms.warehouse.db import connect, snapshot_date_for
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, prefect_harness) -> Path:
     """200 generated subscribers (suspensions, redemptions, churn), three overrides for July, and August's
-    redemptions of REDEEMED (points accrue from July, the first graded month after June: before August nobody has
-    any), graded up to August."""
+    redemptions of REDEEMED (nobody has points before July's accrual, July being the first month with a tier graded
+    for the month before it), graded up to August."""
     home = tmp_path_factory.mktemp("shards")
     generate_province(home, subscribers=200, start=Month(2025, 1), months=8, seed=11)
     deliver(home, "20250710", "OVERRIDE_20250710.dat", [f"OV{n}|S000000000{n}|STAR5|202507|202507|campaign|张经理"
