@@ -33,7 +33,7 @@ from transforms.runs.ledger import close_interrupted, failing_closes, finish_run
 from transforms.runs.lock import writer_lock
 from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
 from transforms.runs.monthly import MonthlyOptions, run_monthly
-from transforms.runs.owed import deliver_owed
+from transforms.runs.owed import deliver_owed, owed_folder
 from transforms.runs.shards import remove_work_folder
 from transforms.warehouse.db import connect, scalar, snapshot_date_for
 
@@ -163,6 +163,7 @@ def grade_month(home: str, month: str, rules: str | None = None, only_if_stale: 
         accepted = {"accepted_mass_change": accept_reason} if accept_reason else {}
         with failing_closes(con, run_id, checks=accepted):
             options = MonthlyOptions(quality_dir(Path(home), run_id), tuple(load_channels()),
+                                     owed_folder(Path(home), run_id),
                                      accept_mass_change=accept_reason is not None,
                                      previous_pack=_pack_in_force(rules, target - 1),
                                      shards=shards_of_run(home, run_id))

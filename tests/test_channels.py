@@ -3,9 +3,11 @@ its boss / sms / crm files checked line by line against the hand-worked July cha
 on a tiny hand-made ledger; the nightly LOST notice; configuration refusals; atomic, private, repeatable writes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import stat
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from transforms.core.resources import channels_config
 from transforms.deliver.channels import CHANGES as CHANGE_FEED, POINTS, ChannelConfigError, ChannelError, by_feed, load_channels
 from transforms.deliver.outbox import write_outbox
 from transforms.deliver.render import OutFile
-from transforms.deliver.sets import month_sets, nightly_sets, record_sets, told_counts
+from transforms.deliver.sets import month_sets, nightly_sets, told_counts
 from transforms.warehouse.inputs import points_expiring
 from transforms.ingest.control import read_control, verify_control
 from transforms.ingest.landing import scan_landing
@@ -31,11 +33,18 @@ CHANNELS = load_channels()
 NO_EXPIRY = pl.DataFrame(schema={"subs_id": pl.String, "points": pl.Int64})
 
 
-def first_files(con, channels=CHANNELS) -> list[OutFile]:
-    """The first set of July's change channels, recorded as told."""
-    sets = month_sets(con, JUL, PACK, by_feed(channels, CHANGE_FEED), True, NO_EXPIRY)
-    record_sets(con, sets)
-    return [s.out for s in sets]
+def first_files(con, folder: Path, channels=CHANNELS) -> list[OutFile]:
+    """The first set of July's change channels, written under `folder` and recorded as told."""
+    return [s.out for s in month_sets(con, JUL, PACK, by_feed(channels, CHANGE_FEED), True, NO_EXPIRY, folder)]
+
+
+def kept_file(folder: Path, relpath: str, payload: bytes, records: int, control: bytes | None = None) -> OutFile:
+    """An OutFile whose bytes wait in `folder`, as a run leaves it."""
+    kept = folder / relpath
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(payload)
+    return OutFile("boss" if relpath.startswith("boss") else "sms", relpath, kept, records,
+                   hashlib.md5(payload).hexdigest(), control)
 MSISDN = "13800000000"  # tests.builders.Sub: "138" + the digits of the subs_id (none here), padded to 8
 
 # Entitlement changes of July by the six-star table (nobody is GROUP_KEY, so tiers alone decide): gained (+)
@@ -70,7 +79,7 @@ def graded(tmp_path_factory):
 @pytest.fixture(scope="module")
 def july(graded):
     home, con = graded
-    files = first_files(con)
+    files = first_files(con, home / "owed")
     write_outbox(home, files)
     return home, con, {f.channel: f for f in files}
 
@@ -121,19 +130,22 @@ def test_channel_carries_only_its_change_types(graded, tmp_path):
         "path: crm/{yyyymm}/grade_changes.csv\n    changes: [UPGRADE]"), encoding="utf-8")
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
-    crm = [s.out for s in month_sets(con, JUL, PACK, load_channels(config), True, NO_EXPIRY) if s.channel == "crm"][0]
+    sets = month_sets(con, JUL, PACK, load_channels(config), True, NO_EXPIRY, tmp_path / "owed")
+    crm = [s.out for s in sets if s.channel == "crm"][0]
     con.execute("ROLLBACK")
     assert [line.split(",")[0] for line in crm.payload.decode().splitlines()[1:]] == ["B", "S"]
     assert crm.records == 2
 
 
-def test_rerun_gives_byte_identical_files_left_in_place(july):
+def test_rerun_gives_byte_identical_files_left_in_place(july, tmp_path):
     home, con, files = july
     paths = [home / "outbox" / f.relpath for f in files.values()]
     paths.append(home / "outbox" / files["boss"].control_relpath)
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
     run_monthly(con, JUL, PACK, "rerun", ACCEPT)
-    assert month_sets(con, JUL, PACK, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY) == []  # nothing new to send
+    assert month_sets(con, JUL, PACK, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY,
+                      tmp_path) == []  # nothing new to send
+    assert list(tmp_path.rglob("*.*")) == []  # and leaves no file behind
     write_outbox(home, list(files.values()))  # the same bytes again: left in place
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
 
@@ -147,12 +159,12 @@ def test_outbox_is_not_world_readable(july):
 
 
 def test_a_sent_file_is_never_rewritten_with_other_content(tmp_path):
-    old = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
+    old = kept_file(tmp_path / "owed-1", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5-old|GBK\n")
     write_outbox(tmp_path, [old])
     folder = tmp_path / "outbox" / "boss" / "202607"
     (folder / ".X_202607.dat.999.tmp").write_bytes(b"half written by a killed run")
     assert write_outbox(tmp_path, [old]) == [folder / "X_202607.dat", folder / "X_202607.chk"]  # same bytes: fine
-    new = OutFile("boss", old.relpath, b"A|2\nB|3\n", 2, b"X_202607.dat|2|8|md5-new|GBK\n")
+    new = kept_file(tmp_path / "owed-2", old.relpath, b"A|2\nB|3\n", 2, b"X_202607.dat|2|8|md5-new|GBK\n")
     with pytest.raises(ChannelError, match="already sent with other content: refusing to overwrite"):
         write_outbox(tmp_path, [new])
     assert (folder / "X_202607.dat").read_bytes() == b"A|1\n"
@@ -160,7 +172,7 @@ def test_a_sent_file_is_never_rewritten_with_other_content(tmp_path):
 
 
 def test_crash_between_renames_leaves_the_data_file_without_its_control_file(tmp_path, monkeypatch):
-    out = OutFile("boss", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5|GBK\n")
+    out = kept_file(tmp_path / "owed", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5|GBK\n")
     folder = tmp_path / "outbox" / "boss" / "202607"
     renames = []
 
@@ -182,16 +194,17 @@ def test_crash_between_renames_leaves_the_data_file_without_its_control_file(tmp
 
 
 def test_write_refuses_paths_out_of_the_outbox(tmp_path):
+    empty = kept_file(tmp_path / "owed", "sms/202607/n.jsonl", b"", 0)
     for bad in ("../escape.dat", "/etc/passwd", "sms/../../x.jsonl", "sms/.hidden"):
         with pytest.raises(ChannelError, match="outbox file"):
-            write_outbox(tmp_path, [OutFile("sms", bad, b"", 0)])
+            write_outbox(tmp_path, [replace(empty, relpath=bad)])
     assert not (tmp_path / "outbox").exists()  # refused before writing anything
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (tmp_path / "outbox").mkdir()
     (tmp_path / "outbox" / "sms").symlink_to(outside)
     with pytest.raises(ChannelError, match="resolves outside"):
-        write_outbox(tmp_path, [OutFile("sms", "sms/202607/n.jsonl", b"", 0)])
+        write_outbox(tmp_path, [empty])
     assert list(outside.iterdir()) == []
 
 
@@ -212,7 +225,7 @@ def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_v
                 "(DATE '2026-07-01', 'Y', 'STAR3', 'UNRATED', 'LOST', 'ABSENT_FROM_SNAPSHOT', [], "
                 "['NIGHT_NO_SUSPEND', 'DELAYED_SUSPEND'], '4110', 'MGR7'), "
                 "(DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', 'AVG6', ['POINTS_GIFTS'], [], '4110', 'MGR7')")
-    files = {f.channel: f for f in first_files(con)}
+    files = {f.channel: f for f in first_files(con, tmp_path / "owed")}
     assert files["boss"].payload.decode("gbk").splitlines() == [
         "X|13900000002|STAR1|STAR2|UPGRADE|20260801|+POINTS_GIFTS",  # the version valid on 2026-07-31
         "Y|13900000005|STAR3|UNRATED|LOST|20260801|-DELAYED_SUSPEND;-NIGHT_NO_SUSPEND"]  # last known, sorted
@@ -232,7 +245,7 @@ def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path):
                 "'AVG6', [], [], '4110', NULL)")
     with pytest.raises(ChannelError, match=r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, "
                                            r"e.g. subs_id X$"):
-        first_files(con)
+        first_files(con, tmp_path / "owed")
     con.close()
 
 
@@ -269,7 +282,8 @@ def test_points_expiry_notice_by_hand(tmp_path):
           ON mv.subs_id = l.subs_id AND mv.earn_month = l.earn_month AND mv.month <= DATE '2026-07-01'
         GROUP BY l.subs_id, l.earn_month, l.earned HAVING remaining > 0""").pl()
     assert expiring.equals(expiring_next_month(JUL, open_lots, 36))  # agrees with the points module
-    [notice] = [s.out for s in month_sets(con, JUL, PACK, by_feed(CHANNELS, POINTS), False, expiring)]
+    [notice] = [s.out for s in month_sets(con, JUL, PACK, by_feed(CHANNELS, POINTS), False, expiring,
+                                         tmp_path / "owed")]
     assert notice.relpath == "sms/202607/points_expiry.jsonl"
     # P3 cancelled, P4 not in S(M): no SMS; expiry date = last day of 2026-08
     assert notice.payload.decode().splitlines() == [
@@ -380,24 +394,24 @@ def test_configuration_is_data_not_code(tmp_path):
 
 # --- nightly LOST notices (mutates the module's warehouse: keep last) ----------------------------------------
 
-def test_nightly_lost_notice_for_vanished_rated_subscriber_on_the_month_end_snapshot(graded):
+def test_nightly_lost_notice_for_vanished_rated_subscriber_on_the_month_end_snapshot(graded, tmp_path):
     _, con = graded
     # G (STAR1 from the June grading, in effect in July) vanishes from ACCT_20260731; the night of 07-31 comes
     # before July's monthly run, whose files (sent in this module) would already tell the SMS gateway.
     con.execute("BEGIN TRANSACTION")
     con.execute("DELETE FROM ops.sent_record")
-    [lost] = [s.out for s in nightly_sets(con, date(2026, 7, 31), CHANNELS, PACK.unrated)]
+    [lost] = [s.out for s in nightly_sets(con, date(2026, 7, 31), CHANNELS, PACK.unrated, tmp_path)]
     con.execute("ROLLBACK")
     assert lost.relpath == "sms/daily/20260731/lost.jsonl"
     assert lost.payload.decode().splitlines() == [
         '{"msisdn":"13800000000","template":"TIER_LOST","parameters":'
         '{"from_tier":"STAR1","to_tier":"UNRATED","effective_date":"20260731"}}']
     # L was cancelled in ACCT_20260630, before any tier was in effect (the June tiers start 2026-07-01)
-    assert [s.out.records for s in nightly_sets(con, date(2026, 6, 30), CHANNELS, PACK.unrated)] == [0]
-    assert nightly_sets(con, date(2026, 7, 15), CHANNELS, PACK.unrated) == []  # no snapshot that day
+    assert [s.out.records for s in nightly_sets(con, date(2026, 6, 30), CHANNELS, PACK.unrated, tmp_path)] == [0]
+    assert nightly_sets(con, date(2026, 7, 15), CHANNELS, PACK.unrated, tmp_path) == []  # no snapshot that day
 
 
-def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(graded):
+def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(graded, tmp_path):
     home, con = graded
     # ACCT_20260810: A cancelled (its number now reads 13900000001), B and H gone, L still cancelled, G still
     # gone, everyone else unchanged.
@@ -410,8 +424,7 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
     deliver(home, "20260810", "ACCT_20260810.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260810.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    sets = nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated)
-    files = [s.out for s in sets]
+    files = [s.out for s in nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated, tmp_path)]
     # In effect on 2026-08-10: the July tiers. A STAR5 (cancelled: its number of that day), B STAR5 (vanished:
     # its last known number); H was UNRATED (IOT).
     assert [json.loads(line) for line in files[0].payload.decode().splitlines()] == [
@@ -420,18 +433,17 @@ def test_nightly_lost_notice_for_rated_subscriber_cancelled_in_a_later_snapshot(
         {"msisdn": MSISDN, "template": "TIER_LOST",
          "parameters": {"from_tier": "STAR5", "to_tier": "UNRATED", "effective_date": "20260810"}}]
     write_outbox(home, files)
-    record_sets(con, sets)
-    assert nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated) == []  # rerun: nothing new to send
+    assert nightly_sets(con, date(2026, 8, 10), CHANNELS, PACK.unrated, tmp_path) == []  # rerun: nothing new
     # the next snapshot still shows A cancelled and B gone: they were told once, on 2026-08-10
     deliver(home, "20260811", "ACCT_20260811.dat", lines)
     [delivery] = [d for d in scan_landing(home).delivered if d.name.file_name == "ACCT_20260811.dat"]
     assert ingest_delivery(con, home, delivery, "test").status == "LOADED"
-    assert [s.out.records for s in nightly_sets(con, date(2026, 8, 11), CHANNELS, PACK.unrated)] == [0]
+    assert [s.out.records for s in nightly_sets(con, date(2026, 8, 11), CHANNELS, PACK.unrated, tmp_path)] == [0]
 
 
-def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch):
-    """render builds a file's text RENDER_CHUNK_ROWS rows at a time (bounded memory for a month telling
-    millions): any chunk size gives the same bytes, the CSV header once, the control line over the whole file."""
+def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch, tmp_path):
+    """A file's text is built RENDER_CHUNK_ROWS rows at a time (bounded memory for a month telling millions):
+    any chunk size gives the same bytes, the CSV header once, the control line over the whole file."""
     from transforms.deliver import render as rendering
     records = pl.DataFrame({"subs_id": [f"S{k}" for k in range(7)], "from_tier": ["STAR1"] * 7,
                             "to_tier": ["STAR2"] * 6 + ["UNRATED"],
@@ -444,10 +456,47 @@ def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch):
     facts = rendering.change_facts(JUL, records, context)
     channels = by_feed(CHANNELS, CHANGE_FEED)
     assert {c.format for c in channels} == {"pipe_gbk_with_chk", "jsonl", "csv"}
-    whole = [rendering.render(c, facts, f"{c.name}.out") for c in channels]
+    whole = [rendering.render(c, facts, f"{c.name}.out", tmp_path / "whole" / c.name) for c in channels]
     monkeypatch.setattr(rendering, "RENDER_CHUNK_ROWS", 2)
-    chunked = [rendering.render(c, facts, f"{c.name}.out") for c in channels]
-    assert chunked == whole
+    chunked = [rendering.render(c, facts, f"{c.name}.out", tmp_path / "chunked" / c.name) for c in channels]
+    assert [(f.payload, f.md5, f.control, f.records) for f in chunked] == [
+        (f.payload, f.md5, f.control, f.records) for f in whole]
     assert all(f.payload.count(b"\n") >= 7 and f.records == 7 for f in whole)
     csv = next(f for f in chunked if f.relpath.startswith("crm")).payload.decode()
     assert csv.count("subs_id") == 1  # one header
+
+
+def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monkeypatch, tmp_path):
+    """A month's sets are computed, written and recorded per range of subs_id (sets.RANGE_SUBSCRIBERS): ranges
+    of two subscribers give the same bytes and the same told records as one range, a correction set included."""
+    from transforms.deliver import sets as channel_sets
+    _, con = graded
+    narrow = load_channels(_config_with(
+        tmp_path, "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
+        "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE]"))
+    # G is absent from S(July), L cancelled in it: no notice for them
+    expiring = pl.DataFrame({"subs_id": ["A", "G", "K", "L", "S"], "points": [10, 20, 30, 40, 50]})
+
+    def first_then_correction(ranges: int) -> list:
+        monkeypatch.setattr(channel_sets, "RANGE_SUBSCRIBERS", ranges)
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
+        sent = []
+        # then a correction: crm carries DOWNGRADE and LOST too (D and G); the others have nothing new
+        for n, channels in enumerate((narrow, CHANNELS)):
+            sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{ranges}-{n}")
+            sent.append([(s.channel, s.out.relpath, s.out.records, s.out.payload, s.out.control) for s in sets])
+        told = con.sql("SELECT * FROM ops.sent_record ORDER BY ALL").fetchall()
+        con.execute("ROLLBACK")
+        return sent + [told]
+
+    one = first_then_correction(10**6)
+    assert len(channel_sets.subscriber_ranges(con, JUL)) == 1
+    assert first_then_correction(2) == one
+    assert len(channel_sets.subscriber_ranges(con, JUL)) >= 5
+    first, correction, _ = one
+    assert [f[:3] for f in first] == [("boss", "boss/202607/GRADE_CHG_202607.dat", 5),
+                                      ("sms", "sms/202607/notices.jsonl", 5),
+                                      ("crm", "crm/202607/grade_changes.csv", 3),  # B, K, S
+                                      ("points_expiry", "sms/202607/points_expiry.jsonl", 3)]  # A, K, S
+    assert [f[:3] for f in correction] == [("crm", "crm/202607/grade_changes_02.csv", 2)]

@@ -73,7 +73,8 @@ def load_all(con, home: Path) -> None:
 def graded(tmp_path_factory):
     home = tmp_path_factory.mktemp("tag_risk")
     build(home)
-    options = MonthlyOptions(channels=tuple(load_channels(at_risk_opted_in(home))), accept_mass_change=True)
+    options = MonthlyOptions(channels=tuple(load_channels(at_risk_opted_in(home))), files_folder=home / "owed",
+                             accept_mass_change=True)
     con = connect(home)
     load_all(con, home)
     results = {m: run_monthly(con, m, PACK, "test", options) for m in month_range(JAN, JUL)}
@@ -160,4 +161,4 @@ def test_the_at_risk_channel_refuses_a_pack_without_the_tag(graded):
     assert "DOWNGRADE_RISK" not in points_level.tags
     no_expiry = pl.DataFrame(schema={"subs_id": pl.String, "points": pl.Int64})
     with pytest.raises(ChannelError, match=r"sms_at_risk .* DOWNGRADE_RISK, a tag pack points-level"):
-        month_sets(con, JUL, points_level, list(options.channels), True, no_expiry)
+        month_sets(con, JUL, points_level, list(options.channels), True, no_expiry, options.files_folder)

@@ -82,7 +82,9 @@ def state(home: Path) -> dict:
         pub.close()
     outbox = {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
               for p in sorted((home / "outbox").rglob("*")) if p.is_file()}
-    return {"tables": tables, "published": published, "outbox": outbox}
+    # the channel files waiting in ops/owed/: none once delivered, none left by a run killed before its commit
+    waiting = sorted(str(p.relative_to(home)) for p in (home / "ops" / "owed").rglob("*") if p.is_file())
+    return {"tables": tables, "published": published, "outbox": outbox, "waiting": waiting}
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +93,7 @@ def reference(june, tmp_path_factory) -> dict:
     shutil.copytree(june, home, dirs_exist_ok=True)
     backfill_flow(str(home), "2026-07", "2026-07")
     result = state(home)
-    assert result["tables"]["ops.owed"] == []
+    assert result["tables"]["ops.owed"] == [] and result["waiting"] == []
     assert "outbox/sms/daily/20260731/lost.jsonl" in result["outbox"]  # the boundaries are all reached
     assert "outbox/boss/202607/GRADE_CHG_202607.dat" in result["outbox"]
     return result

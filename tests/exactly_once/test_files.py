@@ -31,8 +31,9 @@ def test_an_outbox_that_cannot_be_written_fails_the_run_with_one_line_and_owes_t
     assert hint == "  (set TIERFLOW_DEBUG=1 for the traceback)"
     con = connect(home, read_only=True)
     try:
-        owed = con.execute("SELECT target FROM ops.owed WHERE effect = 'OUTBOX'").fetchall()
-        assert ("sms/daily/20260731/lost.jsonl",) in owed  # committed, not lost: owed until written
+        owed = con.execute("SELECT target, run_id FROM ops.owed WHERE effect = 'OUTBOX'").fetchall()
+        [run_id] = [r for target, r in owed if target == "sms/daily/20260731/lost.jsonl"]  # owed until written
+        assert (home / "ops" / "owed" / run_id / "sms/daily/20260731/lost.jsonl").is_file()  # its bytes wait
         assert con.execute("SELECT status FROM ops.run_ledger WHERE status = 'FAILED'").fetchall()
     finally:
         con.close()

@@ -33,18 +33,38 @@ def remove_leftovers_under(folder: Path) -> None:
 
 def write_aside(path: Path, data: bytes, mode: int = FILE_MODE) -> Path:
     """Writes `data` under the hidden name of `path`, fsynced; returns that name (rename it with `commit`)."""
+    return _aside(path, mode, lambda fd: _write_all(fd, data))
+
+
+def copy_aside(path: Path, source: Path, mode: int = FILE_MODE) -> Path:
+    """Copies the file `source`, block by block, under the hidden name of `path`, fsynced; returns that name."""
+    def copy(fd: int) -> None:
+        with open(source, "rb") as fh:
+            while block := fh.read(_BLOCK):
+                _write_all(fd, block)
+    return _aside(path, mode, copy)
+
+
+_BLOCK = 1 << 22
+
+
+def _aside(path: Path, mode: int, write) -> Path:
     remove_leftovers(path)
     tmp = aside_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write(fd)
         os.fsync(fd)
     finally:
         os.close(fd)
     return tmp
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_file(path: Path) -> None:

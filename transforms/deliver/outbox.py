@@ -5,9 +5,10 @@ import os
 from pathlib import Path
 
 from transforms.core.faults import fault_point
-from transforms.core.files import fsync_dir, holds, write_aside
+from transforms.core.files import copy_aside, fsync_dir, holds, write_aside
 from transforms.deliver.channels import OUTBOX, ChannelError, check_relpath
 from transforms.deliver.render import OutFile
+from transforms.ingest.control import file_md5
 
 DIR_MODE = 0o750  # the outbox carries msisdn: never world-readable
 
@@ -20,7 +21,8 @@ def write_outbox(home: Path, files: list[OutFile]) -> list[Path]:
 
 
 def write_new(home: Path, out: OutFile) -> list[Path]:
-    """Puts one channel file (and its control file, last) under <home>/outbox/, atomically and durably.
+    """Puts one channel file (and its control file, last) under <home>/outbox/, atomically and durably, copied
+    from where its bytes were kept (out.kept).
 
     A file once written has been sent: it is never rewritten with other content. Finding the same bytes in
     place (a run killed after writing, before recording it) is fine; finding other bytes refuses the write.
@@ -28,16 +30,24 @@ def write_new(home: Path, out: OutFile) -> list[Path]:
     Path(home).mkdir(parents=True, exist_ok=True)
     root = Path(home) / OUTBOX
     _make_dirs(root, Path(home))
-    parts = [(_target(root, out.relpath), out.payload)]
-    if out.control is not None:
-        parts.append((_target(root, out.control_relpath), out.control))
-    for path, data in parts:
-        if path.exists() and not holds(path, data):
+    data = _target(root, out.relpath)
+    control = _target(root, out.control_relpath) if out.control is not None else None
+    in_place = [_holds_payload(data, out)] + ([holds(control, out.control)] if control else [])
+    for path, same in zip((data, control), in_place):
+        if path is not None and path.exists() and not same:
             raise ChannelError(f"outbox file {path.relative_to(root)} was already sent with other content: "
                                "refusing to overwrite it (corrections go to a numbered set)")
-    if not all(holds(path, data) for path, data in parts):
-        _write_in_order(parts)
-    return [path for path, _ in parts]
+    if not all(in_place):
+        parts = [(data, copy_aside(data, out.kept))]
+        if control is not None:
+            parts.append((control, write_aside(control, out.control)))
+        _rename_in_order(parts)
+    return [data] + ([control] if control else [])
+
+
+def _holds_payload(path: Path, out: OutFile) -> bool:
+    """True when `path` already holds the file's bytes (same MD5)."""
+    return path.exists() and file_md5(path) == out.md5
 
 
 def _make_dirs(path: Path, stop: Path) -> None:
@@ -60,10 +70,9 @@ def _target(root: Path, relpath: str) -> Path:
     return target
 
 
-def _write_in_order(parts: list[tuple[Path, bytes]]) -> None:
-    """Each part written aside first, then renamed in order: the control file appears after its data file."""
-    temps = [write_aside(path, data) for path, data in parts]
-    for (path, _), tmp in zip(parts, temps):
+def _rename_in_order(parts: list[tuple[Path, Path]]) -> None:
+    """Each part, written aside first (target, aside), renamed in order: the control file after its data file."""
+    for path, tmp in parts:
         fault_point("before-rename:outbox")
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -16,6 +16,7 @@ byte-identical files. Facts per feed:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -24,6 +25,7 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
+from transforms.core.files import FILE_MODE
 from transforms.deliver.channels import AT_RISK_TAG, LIST_SEPARATOR, Channel, ChannelError
 from transforms.grade.grading import ABSENT_REASON
 from transforms.grade.rulepack import RulePack
@@ -35,8 +37,9 @@ from transforms.warehouse.db import scalar, snapshot_date_for
 class OutFile:
     channel: str
     relpath: str              # under <home>/outbox/
-    payload: bytes
+    kept: Path                # where its bytes wait until delivered (transforms.runs.owed.owed_folder)
     records: int
+    md5: str
     control: bytes | None = None  # the `.chk` line, written after the payload
 
     @property
@@ -44,11 +47,37 @@ class OutFile:
         return str(Path(self.relpath).with_suffix(".chk"))
 
     @property
-    def md5(self) -> str:
-        return hashlib.md5(self.payload).hexdigest()
+    def payload(self) -> bytes:
+        """The file's bytes, read back (a file may be larger than memory: the outbox copies it by blocks)."""
+        return self.kept.read_bytes()
 
 
 # --- facts: one row per record, every whitelisted field, sorted by subs_id -----------------------------------------
+
+@dataclass(frozen=True)
+class SubsRange:
+    """The subscribers whose subs_id is in [low, high) (None: no bound)."""
+    low: str | None = None
+    high: str | None = None
+
+    @staticmethod
+    def sql(column: str = "subs_id") -> str:
+        """Its filter in DuckDB, with `params`."""
+        return f"($low IS NULL OR {column} >= $low) AND ($high IS NULL OR {column} < $high)"
+
+    @property
+    def params(self) -> dict:
+        return {"low": self.low, "high": self.high}
+
+    def of(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of a frame with a subs_id column in the range."""
+        if self.low is not None:
+            frame = frame.filter(pl.col("subs_id") >= self.low)
+        return frame.filter(pl.col("subs_id") < self.high) if self.high is not None else frame
+
+
+EVERYONE = SubsRange()
+
 
 def _snapshot_for(con, month: Month) -> date:
     snap = snapshot_date_for(con, month)
@@ -110,9 +139,10 @@ def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.Data
         con.unregister("expiring_points")
 
 
-def at_risk_facts(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack) -> pl.DataFrame:
-    """Subscribers of S(M), not cancelled, tagged DOWNGRADE_RISK in M: their tier, its label and the line to keep
-    (metric and value of the rule that assigned the tier, when the pack states one)."""
+def at_risk_facts(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack,
+                  span: SubsRange = EVERYONE) -> pl.DataFrame:
+    """Subscribers of S(M) in `span`, not cancelled, tagged DOWNGRADE_RISK in M: their tier, its label and the
+    line to keep (metric and value of the rule that assigned the tier, when the pack states one)."""
     lines = pl.DataFrame([{"tier": tier, "reason": reason, "line_metric": metric, "line": int(line)}
                           for (tier, reason), (metric, line) in pack.rule_lines().items() if line.denominator == 1],
                          schema={"tier": pl.String, "reason": pl.String, "line_metric": pl.String, "line": pl.Int64})
@@ -121,14 +151,16 @@ def at_risk_facts(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack) 
     con.register("rule_lines", lines)
     con.register("tier_labels", labels)
     try:
-        return con.sql("""
+        return con.sql(f"""
             SELECT a.subs_id, h.msisdn, h.region_code, h.manager_id, a.tier, l.tier_label, a.reason,
                    r.line_metric, r.line, $grade_month AS grade_month
             FROM mart.tier_assignment a JOIN raw.snapshot_as_of($snap) h USING (subs_id)
             LEFT JOIN rule_lines r USING (tier, reason) LEFT JOIN tier_labels l USING (tier)
             WHERE a.grade_month = $m AND list_contains(a.tags, $tag) AND h.status <> 'CANCELLED'
+              AND {span.sql("a.subs_id")}
             ORDER BY a.subs_id""", params={"m": month.first_day, "snap": _snapshot_for(con, month),
-                                           "tag": AT_RISK_TAG, "grade_month": month.compact}).pl()
+                                           "tag": AT_RISK_TAG, "grade_month": month.compact,
+                                           **span.params}).pl()
     finally:
         con.unregister("rule_lines")
         con.unregister("tier_labels")
@@ -164,33 +196,92 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
 
 # --- rendering ----------------------------------------------------------------------------------------------------
 
-# Rows rendered at a time: a file's text is built chunk by chunk, so that a month telling most subscribers (the
-# first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) holds its bytes once, not also as a
-# text column per field and one Python string of the whole file (the records and facts frames of such a month
-# still take most of its memory: BENCHMARKS.md, 10M).
+# Rows turned into text at a time: a file's bytes go to disk chunk by chunk, so that a month telling most
+# subscribers (the first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) never holds a file
+# in memory, nor a text column per field of all its rows.
 RENDER_CHUNK_ROWS = 500_000
 
 
-def render(channel: Channel, facts: pl.DataFrame, relpath: str) -> OutFile:
-    """One channel file from its facts (already sorted by subs_id); the same bytes whatever the chunk size."""
-    rows = facts.with_columns(**_derived_columns(channel)).select(channel.fields)
-    chunks = list(rows.iter_slices(RENDER_CHUNK_ROWS)) or [rows]
-    if channel.format == "pipe_gbk_with_chk":
-        _check_pipe_values(channel, chunks)
-    payload = b"".join(_encode(channel, relpath, _text(channel, chunk, first=k == 0)) for k, chunk in enumerate(chunks))
-    control = None
-    if channel.format == "pipe_gbk_with_chk":
-        control = control_line(Path(relpath).name, rows.height, payload, channel.encoding)
-    return OutFile(channel.name, relpath, payload, rows.height, control)
+class FileWriter:
+    """One channel file, written part by part to `kept` (each part's facts sorted by subs_id, the parts in
+    subs_id order): the same bytes however the facts are split. Use as a context manager; `finish` makes the
+    file durable and returns it."""
+
+    def __init__(self, channel: Channel, relpath: str, kept: Path):
+        self.channel, self.relpath, self.kept = channel, relpath, kept
+        self.records = 0
+        self._md5, self._size = hashlib.md5(), 0
+        self._header_due = channel.format == "csv"
+        self._empty: pl.DataFrame | None = None  # the columns, for the header of a file without rows
+        self._bad: dict[str, tuple[int, object]] = {}  # column -> (values holding | or a line break, first subs_id)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(kept, "wb")
+        os.fchmod(self._file.fileno(), FILE_MODE)
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def add(self, facts: pl.DataFrame) -> None:
+        rows = facts.with_columns(**_derived_columns(self.channel)).select(self.channel.fields)
+        if self._empty is None:
+            self._empty = rows.clear()
+        for chunk in rows.iter_slices(RENDER_CHUNK_ROWS):
+            if self.channel.format == "pipe_gbk_with_chk":
+                self._note_bad_values(chunk)
+            self._write(_text(self.channel, chunk, header=self._header_due))
+            self._header_due = False
+            self.records += chunk.height
+
+    def finish(self) -> OutFile:
+        if self._header_due and self._empty is not None:
+            self._write(_text(self.channel, self._empty, header=True))
+        for column in self.channel.fields:  # named by subs_id, never by the value (it may be personal data)
+            if column in self._bad:
+                count, subs_id = self._bad[column]
+                who = f", e.g. subs_id {subs_id}" if subs_id is not None else ""
+                raise ChannelError(f"{self.channel.name}: {count} value(s) of {column} hold '|' or a line break{who}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        md5, control = self._md5.hexdigest(), None
+        if self.channel.format == "pipe_gbk_with_chk":
+            control = control_line(Path(self.relpath).name, self.records, self._size, md5, self.channel.encoding)
+        return OutFile(self.channel.name, self.relpath, self.kept, self.records, md5, control)
+
+    def _write(self, text: str) -> None:
+        data = _encode(self.channel, self.relpath, text)
+        self._file.write(data)
+        self._md5.update(data)
+        self._size += len(data)
+
+    def _note_bad_values(self, chunk: pl.DataFrame) -> None:
+        """extracts.md record format: `|` separated, empty field = null. A value holding `|` or a line break
+        would shift the columns for the receiver, so it stops the run instead (counted over the whole file)."""
+        text = _as_text(chunk, empty_as_null=False)
+        for column in chunk.columns:
+            found = text.filter(pl.col(column).str.contains(r"[|\r\n]"))
+            if found.height:
+                count, first = self._bad.get(column, (0, found["subs_id"][0] if "subs_id" in found.columns else None))
+                self._bad[column] = (count + found.height, first)
 
 
-def _text(channel: Channel, rows: pl.DataFrame, first: bool) -> str:
-    """The lines of some rows in the channel's format (the CSV header with the first rows only)."""
+def render(channel: Channel, facts: pl.DataFrame, relpath: str, kept: Path) -> OutFile:
+    """One channel file from all its facts (sorted by subs_id), written to `kept`."""
+    with FileWriter(channel, relpath, kept) as writer:
+        writer.add(facts)
+        return writer.finish()
+
+
+def _text(channel: Channel, rows: pl.DataFrame, header: bool) -> str:
+    """The lines of some rows in the channel's format (with the CSV header when `header`)."""
     if channel.format == "jsonl":
         return _joined_lines(rows.select(line=pl.struct(channel.fields).struct.json_encode()))
     if channel.format == "csv":
         return _as_text(rows, empty_as_null=True).write_csv(line_terminator="\n", quote_style="necessary",
-                                                             include_header=first)
+                                                             include_header=header)
     return _joined_lines(_pipe_lines(_as_text(rows, empty_as_null=False)))
 
 
@@ -215,22 +306,6 @@ def _as_text(rows: pl.DataFrame, empty_as_null: bool) -> pl.DataFrame:
             text = pl.when(text == "").then(None).otherwise(text)
         exprs.append(text.alias(name))
     return rows.select(exprs)
-
-
-def _check_pipe_values(channel: Channel, chunks: list[pl.DataFrame]) -> None:
-    """extracts.md record format: `|` separated, empty field = null. A value holding `|` or a line break
-    would shift the columns for the receiver, so it stops the run instead (counted over the whole file)."""
-    columns = chunks[0].columns
-    bad: dict[str, list[pl.DataFrame]] = {c: [] for c in columns}
-    for chunk in chunks:
-        text = _as_text(chunk, empty_as_null=False)
-        for column in columns:
-            bad[column].append(text.filter(pl.col(column).str.contains(r"[|\r\n]")))
-    for column in columns:
-        found = pl.concat(bad[column])
-        if found.height:  # named by subs_id, never by the value (it may be personal data)
-            who = f", e.g. subs_id {found['subs_id'][0]}" if "subs_id" in found.columns else ""
-            raise ChannelError(f"{channel.name}: {found.height} value(s) of {column} hold '|' or a line break{who}")
 
 
 def _pipe_lines(rows: pl.DataFrame) -> pl.DataFrame:

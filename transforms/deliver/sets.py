@@ -8,13 +8,18 @@ back; a subscriber is told again only when their points, or their tier at risk, 
 snapshot shows cancellations sends the nightly LOST notices, which count as told to the SMS gateway for that
 day's month, so the month's SMS file does not repeat them.
 
-The caller records the sets (record_sets) and owes their files in the transaction that commits the work.
+A month's sets are computed, rendered and recorded (ops.sent_record) range by range of subs_id, so that a month
+telling most subscribers holds one range's frames at a time; each file is written in subs_id order, the same
+bytes as in one piece. The files are written into the caller's folder of owed files (transforms.runs.owed), and
+the caller owes them in the transaction that records them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import date
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import duckdb
 import polars as pl
@@ -24,13 +29,15 @@ from transforms.deliver.channels import (AT_RISK, AT_RISK_TAG, CHANGES, DAILY_LO
                                         by_feed)
 from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
                                             told_state)
-from transforms.deliver.render import (OutFile, at_risk_facts, change_context, change_facts, lost_facts, points_facts,
-                                      render)
+from transforms.deliver.render import (EVERYONE, FileWriter, OutFile, SubsRange, at_risk_facts, change_context,
+                                      change_facts, lost_facts, points_facts)
 from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import scalar
 
 # The nightly LOST notices go out through the SMS gateway: they count as told to the sms channel.
 GATEWAY_OF = {"sms_lost_daily": "sms"}
+# Subscribers (of mart.subscriber_month of M) per range of a month's sets: at 10M, ten ranges.
+RANGE_SUBSCRIBERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,24 @@ class ChannelSet:
     channel: str            # the channel the records count as told to (the gateway for nightly notices)
     period: Month           # the grading month they are about
     kind: str               # CHANGE (with REVERSAL records), NIGHTLY_LOST or NOTICE
-    records: pl.DataFrame   # subs_id and what was told: CHANGE_COLUMNS (+ kind), points, or to_tier (at risk)
     out: OutFile
+
+
+@dataclass(frozen=True)
+class _Send:
+    """A set about to be sent: its channel, what it counts as told to, its file."""
+    channel: Channel
+    told_to: str
+    period: Month
+    kind: str
+    relpath: str
+    first: bool                                               # the period's first file: written even when empty
+    told_as: dict[str, str] = field(default_factory=dict)     # notices: fact column -> ops.sent_record column
+
+
+# What a set sends for one range of subscribers: the records told (subs_id and what was told: CHANGE_COLUMNS
+# (+ kind), points, or to_tier) and the facts rendered.
+Part = tuple[pl.DataFrame, pl.DataFrame]
 
 
 def numbered(relpath: str, set_no: int) -> str:
@@ -51,93 +74,139 @@ def numbered(relpath: str, set_no: int) -> str:
 
 
 def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, channels: list[Channel], graded: bool,
-               expiring: pl.DataFrame) -> list[ChannelSet]:
-    """The sets month M sends now: when graded, per change channel the difference between M's changes (graded
-    with `pack`) and what it was told, per at-risk channel the notices not yet sent; per points channel the
-    notices not yet sent (`expiring`: subs_id, points)."""
-    sets, due = [], []  # due: (channel, its file, the records it is sent)
-    for channel in by_feed(channels, CHANGES) if graded else []:
-        records = change_set(_in_force(con, month, channel.changes), told_state(_sent(con, channel.name, month)),
-                             channel.carries_entitlements)
-        relpath = _free_relpath(con, channel.relpath(month))
-        if records.height or relpath == channel.relpath(month):
-            due.append((channel, relpath, records))
-    if due:
-        context = change_context(con, month, pl.concat([records.select("subs_id") for _, _, records in due]))
-        for channel, relpath, records in due:
-            out = render(channel, change_facts(month, records, context), relpath)
-            sets.append(ChannelSet(channel.name, month, CHANGE, records, out))
-    notices = [(c, points_facts(con, month, expiring), {"points": "points"}) for c in by_feed(channels, POINTS)]
+               expiring: pl.DataFrame, folder: Path) -> list[ChannelSet]:
+    """The sets month M sends now, written under `folder` and recorded: when graded, per change channel the
+    difference between M's changes (graded with `pack`) and what it was told, per at-risk channel the notices
+    not yet sent; per points channel the notices not yet sent (`expiring`: subs_id, points)."""
+    changes = by_feed(channels, CHANGES) if graded else []
+    notices = [(c, {"points": "points"}) for c in by_feed(channels, POINTS)]
     if graded and by_feed(channels, AT_RISK):
         if AT_RISK_TAG not in pack.tags:
             raise ChannelError(f"channel sms_at_risk tells the subscribers tagged {AT_RISK_TAG}, a tag pack "
                                f"{pack.name} (version {pack.version}) does not define: remove the channel from "
                                "the configuration or grade with a pack that has the tag")
-        notices += [(c, at_risk_facts(con, month, pack), {"tier": "to_tier"}) for c in by_feed(channels, AT_RISK)]
-    for channel, facts, told_as in notices:
-        sets += _notice_set(con, month, channel, facts, told_as)
-    return sets
+        notices += [(c, {"tier": "to_tier"}) for c in by_feed(channels, AT_RISK)]
+    sends = [_send(con, c, c.name, month, CHANGE, c.relpath(month)) for c in changes] + \
+            [_send(con, c, c.name, month, NOTICE, c.relpath(month), told_as) for c, told_as in notices]
+
+    def parts(span: SubsRange) -> list[Part]:
+        records = [change_set(_in_force(con, month, c.changes, span), told_state(_sent(con, c.name, month, span)),
+                              c.carries_entitlements) for c in changes]
+        found = []
+        if changes:
+            context = change_context(con, month, pl.concat([r.select("subs_id") for r in records]))
+            found = [(r, change_facts(month, r, context)) for r in records]
+        for channel, told_as in notices:
+            facts = (points_facts(con, month, span.of(expiring)) if channel.feed == POINTS
+                     else at_risk_facts(con, month, pack, span))
+            found.append(_fresh(con, channel.name, month, facts, told_as, span))
+        return found
+
+    return _write_sets(con, sends, subscriber_ranges(con, month) if sends else [], parts, folder)
 
 
-def _notice_set(con, month: Month, channel: Channel, facts: pl.DataFrame,
-                told_as: dict[str, str]) -> list[ChannelSet]:
+def subscriber_ranges(con: duckdb.DuckDBPyConnection, month: Month) -> list[SubsRange]:
+    """Consecutive ranges of subs_id covering every string, each holding about RANGE_SUBSCRIBERS of M's
+    subscribers (mart.subscriber_month): one range for a branch of up to that many."""
+    count = scalar(con, "SELECT count(*) FROM mart.subscriber_month WHERE month = ?", [month.first_day])
+    parts = -(-count // RANGE_SUBSCRIBERS)
+    if parts <= 1:
+        return [EVERYONE]
+    cuts = scalar(con, "SELECT quantile_disc(subs_id, ?) FROM mart.subscriber_month WHERE month = ?",
+                  [[k / parts for k in range(1, parts)], month.first_day])
+    bounds = [None, *sorted(set(cuts)), None]
+    return [SubsRange(low, high) for low, high in zip(bounds, bounds[1:])]
+
+
+def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel], unrated: str,
+                 folder: Path) -> list[ChannelSet]:
+    """The LOST notices of `day` not already told for its month, written under `folder` and recorded; none when
+    no ACCT snapshot is dated that day. The day's first file is always written (empty when nobody was lost); a
+    later one only with new notices."""
+    if not scalar(con, "SELECT count(*) FROM ops.snapshot WHERE snapshot_date = ?", [day]):
+        return []
+    month = Month.of(day)
+    lost = by_feed(channels, DAILY_LOST)
+    sends = [_send(con, c, GATEWAY_OF.get(c.name, c.name), month, NIGHTLY_LOST, c.relpath(month, day)) for c in lost]
+
+    def parts(span: SubsRange) -> list[Part]:
+        found = []
+        for send in sends:
+            notices = new_notices(lost_facts(con, day, unrated), told_state(_sent(con, send.told_to, month, span)))
+            found.append((notices.select("subs_id", "from_tier", "to_tier", "change_type",
+                                         entitlements_gained=pl.lit([], pl.List(pl.String)),
+                                         entitlements_lost=pl.lit([], pl.List(pl.String))), notices))
+        return found
+
+    return _write_sets(con, sends, [EVERYONE], parts, folder)
+
+
+def _send(con, channel: Channel, told_to: str, period: Month, kind: str, relpath: str,
+          told_as: dict[str, str] | None = None) -> _Send:
+    free = _free_relpath(con, relpath)
+    return _Send(channel, told_to, period, kind, free, free == relpath, told_as or {})
+
+
+def _write_sets(con, sends: list[_Send], spans: list[SubsRange], parts: Callable[[SubsRange], list[Part]],
+                folder: Path) -> list[ChannelSet]:
+    """Renders and records every set range by range (`parts(span)`: each set's records and facts in that range),
+    in order after everything told before; returns the sets sent: a first file always, another only with
+    records (the others' files are removed)."""
+    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM ops.sent_record") + 1
+    with ExitStack() as stack:
+        writers = [stack.enter_context(FileWriter(s.channel, s.relpath, folder / s.relpath)) for s in sends]
+        for span in spans:
+            for n, (send, writer, (records, facts)) in enumerate(zip(sends, writers, parts(span))):
+                writer.add(facts)
+                _record(con, send, seq + n, records)
+        files = [writer.finish() for writer in writers]
+    sent = []
+    for n, (send, out) in enumerate(zip(sends, files)):
+        if not (out.records or send.first):
+            out.kept.unlink()
+            continue
+        if out.records and n != len(sent):  # a set before it sent nothing: keep the numbers consecutive
+            con.execute("UPDATE ops.sent_record SET seq = ? WHERE seq = ?", [seq + len(sent), seq + n])
+        sent.append(ChannelSet(send.told_to, send.period, send.kind, out))
+    return sent
+
+
+def _fresh(con, channel: str, month: Month, facts: pl.DataFrame, told_as: dict[str, str], span: SubsRange) -> Part:
     """The notices of `facts` whose subscriber was not told the same (`told_as`: fact column -> the column of
-    ops.sent_record that keeps it) for M; the month's first file is always written."""
-    told = (_sent(con, channel.name, month).sort("seq").group_by("subs_id", maintain_order=True).last()
+    ops.sent_record that keeps it) for M."""
+    told = (_sent(con, channel, month, span).sort("seq").group_by("subs_id", maintain_order=True).last()
             .select("subs_id", *told_as.values()).rename({v: k for k, v in told_as.items()}))
     fresh = facts.join(told, on=["subs_id", *told_as], how="anti", nulls_equal=True)
-    relpath = _free_relpath(con, channel.relpath(month))
-    if not fresh.height and relpath != channel.relpath(month):
-        return []
-    records = fresh.select("subs_id", *(pl.col(k).alias(v) for k, v in told_as.items()))
-    return [ChannelSet(channel.name, month, NOTICE, records, render(channel, fresh, relpath))]
+    return fresh.select("subs_id", *(pl.col(k).alias(v) for k, v in told_as.items())), fresh
 
 
-def _in_force(con, month: Month, change_types: tuple[str, ...]) -> pl.DataFrame:
-    """The changes of M of the given types: mart.grade_change, and mart.entitlement_change for ENTITLEMENTS."""
-    return con.sql("""
+def _record(con, send: _Send, seq: int, records: pl.DataFrame) -> None:
+    """Records what a set tells its channel about some subscribers (ops.sent_record)."""
+    if not records.height:
+        return
+    rows = records.with_columns(channel=pl.lit(send.told_to), period=pl.lit(send.period.first_day),
+                                seq=pl.lit(seq), relpath=pl.lit(send.relpath))
+    if "kind" not in rows.columns:
+        rows = rows.with_columns(kind=pl.lit(send.kind))
+    con.register("told_now", rows)
+    try:
+        columns = [c for c in (*CHANGE_COLUMNS, "points") if c in rows.columns]
+        con.execute(f"INSERT INTO ops.sent_record (channel, period, seq, relpath, kind, {', '.join(columns)}) "
+                    f"SELECT channel, period, seq, relpath, kind, {', '.join(columns)} FROM told_now "
+                    "ORDER BY subs_id")
+    finally:
+        con.unregister("told_now")
+
+
+def _in_force(con, month: Month, change_types: tuple[str, ...], span: SubsRange) -> pl.DataFrame:
+    """The changes of M of the given types in a range: mart.grade_change, and mart.entitlement_change for
+    ENTITLEMENTS."""
+    return con.sql(f"""
         SELECT subs_id, from_tier, to_tier, change_type, entitlements_gained, entitlements_lost
         FROM (SELECT * FROM mart.grade_change WHERE grade_month = $m
               UNION ALL SELECT * FROM mart.entitlement_change WHERE grade_month = $m)
-        WHERE list_contains($types, change_type) ORDER BY subs_id""",
-                   params={"m": month.first_day, "types": list(change_types)}).pl()
-
-
-def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel],
-                 unrated: str) -> list[ChannelSet]:
-    """The LOST notices of `day` not already told for its month; none when no ACCT snapshot is dated that day.
-    The day's first file is always written (empty when nobody was lost); a later one only with new notices."""
-    if not scalar(con, "SELECT count(*) FROM ops.snapshot WHERE snapshot_date = ?", [day]):
-        return []
-    month, sets = Month.of(day), []
-    for channel in by_feed(channels, DAILY_LOST):
-        gateway = GATEWAY_OF.get(channel.name, channel.name)
-        notices = new_notices(lost_facts(con, day, unrated), told_state(_sent(con, gateway, month)))
-        relpath = _free_relpath(con, channel.relpath(month, day))
-        if notices.height or relpath == channel.relpath(month, day):
-            records = notices.select("subs_id", "from_tier", "to_tier", "change_type",
-                                     entitlements_gained=pl.lit([], pl.List(pl.String)),
-                                     entitlements_lost=pl.lit([], pl.List(pl.String)))
-            sets.append(ChannelSet(gateway, month, NIGHTLY_LOST, records, render(channel, notices, relpath)))
-    return sets
-
-
-def record_sets(con: duckdb.DuckDBPyConnection, sets: list[ChannelSet]) -> None:
-    """Records what each set tells its channel (ops.sent_record), in order after everything told before."""
-    seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM ops.sent_record") + 1
-    for n, item in enumerate(sets):
-        rows = item.records.with_columns(channel=pl.lit(item.channel), period=pl.lit(item.period.first_day),
-                                         seq=pl.lit(seq + n), relpath=pl.lit(item.out.relpath))
-        if "kind" not in rows.columns:
-            rows = rows.with_columns(kind=pl.lit(item.kind))
-        con.register("told_now", rows)
-        try:
-            columns = [c for c in (*CHANGE_COLUMNS, "points") if c in rows.columns]
-            con.execute(f"INSERT INTO ops.sent_record (channel, period, seq, relpath, kind, {', '.join(columns)}) "
-                        f"SELECT channel, period, seq, relpath, kind, {', '.join(columns)} FROM told_now "
-                        "ORDER BY subs_id")
-        finally:
-            con.unregister("told_now")
+        WHERE list_contains($types, change_type) AND {span.sql()} ORDER BY subs_id""",
+                   params={"m": month.first_day, "types": list(change_types), **span.params}).pl()
 
 
 def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> dict:
@@ -146,10 +215,11 @@ def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Cha
     return {c.name: (told_state(_sent(con, c.name, month)).height, c.changes) for c in by_feed(channels, CHANGES)}
 
 
-def _sent(con, channel: str, month: Month) -> pl.DataFrame:
+def _sent(con, channel: str, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
     return con.sql("SELECT seq, kind, subs_id, from_tier, to_tier, change_type, entitlements_gained, "
                    "entitlements_lost, points FROM ops.sent_record WHERE channel = $c AND period = $m "
-                   "ORDER BY seq, subs_id", params={"c": channel, "m": month.first_day}).pl()
+                   f"AND {span.sql()} ORDER BY seq, subs_id",
+                   params={"c": channel, "m": month.first_day, **span.params}).pl()
 
 
 def _free_relpath(con, relpath: str) -> str:

@@ -81,9 +81,9 @@ def verify_control(dat_path: Path, control: ControlFile) -> str:
     return md5
 
 
-def control_line(file_name: str, record_count: int, payload: bytes, encoding: str) -> bytes:
-    """The one line of a control file for `payload` (the exact bytes of the .dat)."""
-    return f"{file_name}|{record_count}|{len(payload)}|{hashlib.md5(payload).hexdigest()}|{encoding}\n".encode("ascii")
+def control_line(file_name: str, record_count: int, size: int, md5: str, encoding: str) -> bytes:
+    """The one line of a control file for a .dat of `size` bytes whose MD5 is `md5`."""
+    return f"{file_name}|{record_count}|{size}|{md5}|{encoding}\n".encode("ascii")
 
 
 def write_delivery(day_dir: Path, file_name: str, payload: bytes, record_count: int,
@@ -91,7 +91,8 @@ def write_delivery(day_dir: Path, file_name: str, payload: bytes, record_count: 
     """Writes `<file_name>` and then its `.chk` into a landing day folder, as the BOSS sender does; returns the
     .dat path. `payload` is the exact bytes of the file (already encoded, lines ending in \\n)."""
     dat = write_atomic(day_dir / file_name, payload, "landing")
-    write_atomic(dat.with_suffix(".chk"), control_line(file_name, record_count, payload, encoding), "landing")
+    write_atomic(dat.with_suffix(".chk"), control_line(file_name, record_count, len(payload),
+                                                          hashlib.md5(payload).hexdigest(), encoding), "landing")
     return dat
 
 

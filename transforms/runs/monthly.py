@@ -10,7 +10,7 @@ The steps, in order (each timed for ops.run_ledger):
                   tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
                   tier_summary
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
-                  sets of a regrade, recorded as told
+                  sets of a regrade, written to options.files_folder and recorded as told
   gate 3, gate 4  outputs, then the circuit breaker
 and, in the same transaction, the effects it owes (transforms.runs.owed): its channel files, the publication
 and the month's report, delivered once it has committed. A failed gate raises GateFailed and leaves the warehouse as it
@@ -28,7 +28,7 @@ import polars as pl
 from transforms.core.calendar import Month
 from transforms.deliver.channels import Channel
 from transforms.deliver.render import OutFile
-from transforms.deliver.sets import month_sets, record_sets, told_counts
+from transforms.deliver.sets import month_sets, told_counts
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.points import apply_points_to_totals
 from transforms.grade.rulepack import RulePack
@@ -49,9 +49,14 @@ from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebui
 class MonthlyOptions:
     results_dir: Path | None = None        # where GE validation results are kept
     channels: tuple[Channel, ...] = ()     # channel configuration; empty = render no channel files
+    files_folder: Path | None = None       # where the channel files wait to be delivered (owed.owed_folder)
     accept_mass_change: bool = False       # the operator accepted a tripped circuit breaker
     previous_pack: RulePack | None = None  # the pack version in force for M-1 (default: M's pack)
     shards: ShardMap | None = None         # grade over subscriber shards (transforms.runs.shards); None: here
+
+    def __post_init__(self):
+        if self.channels and self.files_folder is None:
+            raise ValueError("MonthlyOptions: channel files need a files_folder (transforms.runs.owed.owed_folder)")
 
 
 @dataclass
@@ -100,8 +105,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
-            sets = month_sets(con, month, pack, list(options.channels), gradable, expiring)
-            record_sets(con, sets)
+            sets = month_sets(con, month, pack, list(options.channels), gradable, expiring, options.files_folder)
         if gradable:
             with steps("gate_outputs"):
                 checks.append(gate_outputs(con, month, pack, told_counts(con, month, list(options.channels)),

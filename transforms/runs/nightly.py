@@ -15,13 +15,13 @@ import polars as pl
 
 from transforms.core.calendar import Month, month_range, parse_day
 from transforms.deliver.channels import Channel
-from transforms.deliver.sets import nightly_sets, record_sets
+from transforms.deliver.sets import nightly_sets
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import REVOKED_TIER, ExtractName
 from transforms.ingest.extracts import parse_extract
 from transforms.ingest.load import IngestResult, Parse, ingest_delivery
-from transforms.runs.owed import PUBLISH, owe, owe_files
+from transforms.runs.owed import PUBLISH, owe, owe_files, owed_folder
 
 
 def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery], run_id: str,
@@ -34,8 +34,7 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
         if status == "LOADED" and delivery.name.kind == "ACCT":
             day = parse_day(delivery.name.period)
             pack = pack_for(Month.of(day))
-            sets = nightly_sets(con, day, channels, pack.unrated) if pack else []
-            record_sets(con, sets)
+            sets = nightly_sets(con, day, channels, pack.unrated, owed_folder(home, run_id)) if pack else []
             owe_files(con, [s.out for s in sets], run_id)
 
     def check_records(name: ExtractName, records: pl.DataFrame) -> pl.DataFrame:

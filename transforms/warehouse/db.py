@@ -142,10 +142,11 @@ CREATE TABLE IF NOT EXISTS ops.month_state (
     month DATE NOT NULL, graded BOOLEAN NOT NULL, pack_name VARCHAR, pack_version VARCHAR,
     fingerprint VARCHAR NOT NULL, run_id VARCHAR, processed_at TIMESTAMP
 );
--- Effects a committed unit of work owes (recorded in its transaction, removed once done): OUTBOX files with
--- their bytes, PUBLISH of the analysts' copy, a REPORT of a month. Any later run delivers them first.
+-- Effects a committed unit of work owes (recorded in its transaction, removed once done): OUTBOX files (their
+-- bytes kept under <home>/ops/owed/<run_id>/), PUBLISH of the analysts' copy, a REPORT of a month. Any later
+-- run delivers them first.
 CREATE TABLE IF NOT EXISTS ops.owed (
-    effect VARCHAR NOT NULL, target VARCHAR NOT NULL, channel VARCHAR, payload BLOB, control BLOB,
+    effect VARCHAR NOT NULL, target VARCHAR NOT NULL, channel VARCHAR, control BLOB,
     records BIGINT, md5 VARCHAR, run_id VARCHAR, owed_since TIMESTAMP
 );
 -- The mart partitions written since the analysts' copy was last published (transforms.runs.publish), and the
