@@ -468,7 +468,8 @@ def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch, tmp_path):
 
 def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monkeypatch, tmp_path):
     """A month's sets are computed, written and recorded per range of subs_id (sets.RANGE_SUBSCRIBERS): ranges
-    of two subscribers give the same bytes and the same told records as one range, a correction set included."""
+    of two subscribers give the same bytes, the same told records and the same counts for gate 3 as one range,
+    a correction set included."""
     from transforms.deliver import sets as channel_sets
     _, con = graded
     narrow = load_channels(_config_with(
@@ -487,14 +488,16 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
             sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{ranges}-{n}")
             sent.append([(s.channel, s.out.relpath, s.out.records, s.out.payload, s.out.control) for s in sets])
         told = con.sql("SELECT * FROM ops.sent_record ORDER BY ALL").fetchall()
+        counts = told_counts(con, JUL, CHANNELS)  # what gate 3 compares, summed over the ranges
         con.execute("ROLLBACK")
-        return sent + [told]
+        return sent + [told, counts]
 
     one = first_then_correction(10**6)
     assert len(channel_sets.subscriber_ranges(con, JUL)) == 1
     assert first_then_correction(2) == one
     assert len(channel_sets.subscriber_ranges(con, JUL)) >= 5
-    first, correction, _ = one
+    first, correction, _, counts = one
+    assert {name: count for name, (count, _) in counts.items()} == {"boss": 5, "sms": 5, "crm": 5}
     assert [f[:3] for f in first] == [("boss", "boss/202607/GRADE_CHG_202607.dat", 5),
                                       ("sms", "sms/202607/notices.jsonl", 5),
                                       ("crm", "crm/202607/grade_changes.csv", 3),  # B, K, S

@@ -211,8 +211,11 @@ def _in_force(con, month: Month, change_types: tuple[str, ...], span: SubsRange)
 
 def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> dict:
     """Per change channel, the subscribers whose told state for M is a change, with the change types it carries:
-    what gate 3 compares with mart.grade_change (and mart.entitlement_change for ENTITLEMENTS)."""
-    return {c.name: (told_state(_sent(con, c.name, month)).height, c.changes) for c in by_feed(channels, CHANGES)}
+    what gate 3 compares with mart.grade_change (and mart.entitlement_change for ENTITLEMENTS). Counted range by
+    range: a mass-change month has told millions."""
+    spans = subscriber_ranges(con, month)
+    return {c.name: (sum(told_state(_sent(con, c.name, month, span)).height for span in spans), c.changes)
+            for c in by_feed(channels, CHANGES)}
 
 
 def _sent(con, channel: str, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
