@@ -467,10 +467,10 @@ def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch, tmp_path):
 
 
 def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monkeypatch, tmp_path):
-    """A month's sets are computed, written and recorded per range of subs_id (sets.RANGE_SUBSCRIBERS): ranges
+    """A month's sets are computed, written and recorded per range of subs_id (ranges.RANGE_SUBSCRIBERS): ranges
     of two subscribers give the same bytes, the same told records and the same counts for gate 3 as one range,
     a correction set included."""
-    from transforms.deliver import sets as channel_sets
+    from transforms.warehouse import ranges
     _, con = graded
     narrow = load_channels(_config_with(
         tmp_path, "path: crm/{yyyymm}/grade_changes.csv\n    changes: [NEW, UPGRADE, DOWNGRADE, LOST]",
@@ -478,14 +478,14 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
     # G is absent from S(July), L cancelled in it: no notice for them
     expiring = pl.DataFrame({"subs_id": ["A", "G", "K", "L", "S"], "points": [10, 20, 30, 40, 50]})
 
-    def first_then_correction(ranges: int) -> list:
-        monkeypatch.setattr(channel_sets, "RANGE_SUBSCRIBERS", ranges)
+    def first_then_correction(size: int) -> list:
+        monkeypatch.setattr(ranges, "RANGE_SUBSCRIBERS", size)
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
         sent = []
         # then a correction: crm carries DOWNGRADE and LOST too (D and G); the others have nothing new
         for n, channels in enumerate((narrow, CHANNELS)):
-            sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{ranges}-{n}")
+            sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{size}-{n}")
             sent.append([(s.channel, s.out.relpath, s.out.records, s.out.payload, s.out.control) for s in sets])
         told = con.sql("SELECT * FROM ops.sent_record ORDER BY ALL").fetchall()
         counts = told_counts(con, JUL, CHANNELS)  # what gate 3 compares, summed over the ranges
@@ -493,9 +493,9 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
         return sent + [told, counts]
 
     one = first_then_correction(10**6)
-    assert len(channel_sets.subscriber_ranges(con, JUL)) == 1
+    assert len(ranges.subscriber_ranges(con, JUL)) == 1
     assert first_then_correction(2) == one
-    assert len(channel_sets.subscriber_ranges(con, JUL)) >= 5
+    assert len(ranges.subscriber_ranges(con, JUL)) >= 5
     first, correction, _, counts = one
     assert {name: count for name, (count, _) in counts.items()} == {"boss": 5, "sms": 5, "crm": 5}
     assert [f[:3] for f in first] == [("boss", "boss/202607/GRADE_CHG_202607.dat", 5),

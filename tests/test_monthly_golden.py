@@ -13,7 +13,8 @@ from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import MonthlyError, MonthlyOptions, run_monthly
 from transforms.quality.gates import GateFailed
 from transforms.grade.rulepack import load_pack
-from transforms.warehouse.db import connect
+from transforms.warehouse import inputs, ranges
+from transforms.warehouse.db import connect, snapshot_date_for
 from transforms.core.resources import rules_dir
 
 PACK = load_pack(rules_dir() / "six-star.yaml")
@@ -140,6 +141,17 @@ def test_june_metrics_by_hand(graded):
     f_mar = con.execute("SELECT cons_fen, rent_fen, data_fen, discount_fen FROM mart.subscriber_month "
                         "WHERE month = '2026-03-01' AND subs_id = 'F'").fetchone()
     assert f_mar == (3000, 1500, 2000, -500)
+
+
+def test_june_metrics_read_in_ranges_of_two_subscribers_are_the_same(graded, monkeypatch):
+    """grading_metrics reads range by range of subs_id (warehouse.ranges): the same frame, in the same order."""
+    con, _ = graded
+    snapshot = snapshot_date_for(con, JUN)
+    whole = inputs.grading_metrics(con, JUN, snapshot)
+    monkeypatch.setattr(ranges, "RANGE_SUBSCRIBERS", 2)
+    assert len(ranges.subscriber_ranges(con, JUN)) >= 5
+    assert inputs.grading_metrics(con, JUN, snapshot).equals(whole)
+    assert whole["subs_id"].to_list() == sorted(whole["subs_id"].to_list()) and whole.height >= 10
 
 
 def test_first_graded_month_makes_every_rated_subscriber_new(graded):

@@ -31,6 +31,7 @@ from transforms.grade.grading import ABSENT_REASON
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.control import control_line
 from transforms.warehouse.db import scalar, snapshot_date_for
+from transforms.warehouse.ranges import EVERYONE, SubsRange
 
 
 @dataclass(frozen=True)
@@ -53,30 +54,6 @@ class OutFile:
 
 
 # --- facts: one row per record, every whitelisted field, sorted by subs_id -----------------------------------------
-
-@dataclass(frozen=True)
-class SubsRange:
-    """The subscribers whose subs_id is in [low, high) (None: no bound)."""
-    low: str | None = None
-    high: str | None = None
-
-    @staticmethod
-    def sql(column: str = "subs_id") -> str:
-        """Its filter in DuckDB, with `params`."""
-        return f"($low IS NULL OR {column} >= $low) AND ($high IS NULL OR {column} < $high)"
-
-    @property
-    def params(self) -> dict:
-        return {"low": self.low, "high": self.high}
-
-    def of(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of a frame with a subs_id column in the range."""
-        if self.low is not None:
-            frame = frame.filter(pl.col("subs_id") >= self.low)
-        return frame.filter(pl.col("subs_id") < self.high) if self.high is not None else frame
-
-
-EVERYONE = SubsRange()
 
 
 def _snapshot_for(con, month: Month) -> date:

@@ -8,7 +8,8 @@ back; a subscriber is told again only when their points, or their tier at risk, 
 snapshot shows cancellations sends the nightly LOST notices, which count as told to the SMS gateway for that
 day's month, so the month's SMS file does not repeat them.
 
-A month's sets are computed, rendered and recorded (ops.sent_record) range by range of subs_id, so that a month
+A month's sets are computed, rendered and recorded (ops.sent_record) range by range of subs_id
+(transforms.warehouse.ranges), so that a month
 telling most subscribers holds one range's frames at a time; each file is written in subs_id order, the same
 bytes as in one piece. The files are written into the caller's folder of owed files (transforms.runs.owed), and
 the caller owes them in the transaction that records them.
@@ -29,15 +30,14 @@ from transforms.deliver.channels import (AT_RISK, AT_RISK_TAG, CHANGES, DAILY_LO
                                         by_feed)
 from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST, NOTICE, change_set, new_notices,
                                             told_state)
-from transforms.deliver.render import (EVERYONE, FileWriter, OutFile, SubsRange, at_risk_facts, change_context,
-                                      change_facts, lost_facts, points_facts)
+from transforms.deliver.render import (FileWriter, OutFile, at_risk_facts, change_context, change_facts, lost_facts,
+                                      points_facts)
 from transforms.grade.rulepack import RulePack
 from transforms.warehouse.db import scalar
+from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 
 # The nightly LOST notices go out through the SMS gateway: they count as told to the sms channel.
 GATEWAY_OF = {"sms_lost_daily": "sms"}
-# Subscribers (of mart.subscriber_month of M) per range of a month's sets: at 10M, ten ranges.
-RANGE_SUBSCRIBERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -103,19 +103,6 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
         return found
 
     return _write_sets(con, sends, subscriber_ranges(con, month) if sends else [], parts, folder)
-
-
-def subscriber_ranges(con: duckdb.DuckDBPyConnection, month: Month) -> list[SubsRange]:
-    """Consecutive ranges of subs_id covering every string, each holding about RANGE_SUBSCRIBERS of M's
-    subscribers (mart.subscriber_month): one range for a branch of up to that many."""
-    count = scalar(con, "SELECT count(*) FROM mart.subscriber_month WHERE month = ?", [month.first_day])
-    parts = -(-count // RANGE_SUBSCRIBERS)
-    if parts <= 1:
-        return [EVERYONE]
-    cuts = scalar(con, "SELECT quantile_disc(subs_id, ?) FROM mart.subscriber_month WHERE month = ?",
-                  [[k / parts for k in range(1, parts)], month.first_day])
-    bounds = [None, *sorted(set(cuts)), None]
-    return [SubsRange(low, high) for low, high in zip(bounds, bounds[1:])]
 
 
 def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel], unrated: str,

@@ -14,6 +14,7 @@ import polars as pl
 from transforms.core.calendar import Month
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.layouts import REVOKED_TIER
+from transforms.warehouse.ranges import SubsRange, subscriber_ranges
 
 
 # What grading_metrics reads of M, table by table: a shard of the monthly run (transforms.runs.shards) gets these
@@ -70,8 +71,13 @@ def grading_metrics_params(month: Month, snapshot: date) -> dict:
 
 def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date) -> pl.DataFrame:
     """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE), sorted by
-    subs_id (the engine's fast paths rely on it)."""
-    return con.sql("""
+    subs_id (the engine's fast paths rely on it). Read range by range of subscribers (warehouse.ranges): one
+    range's hash tables at a time keep a 10M-subscriber month within DuckDB's memory limit."""
+    return pl.concat([_grading_metrics_of(con, month, snapshot, span) for span in subscriber_ranges(con, month)])
+
+
+def _grading_metrics_of(con, month: Month, snapshot: date, span: SubsRange) -> pl.DataFrame:
+    return con.sql(f"""
         WITH sm AS (
             SELECT subs_id,
                    sum(cons_fen) FILTER (WHERE month = $m) AS cons_fen,
@@ -83,17 +89,17 @@ def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
                    sum(data_fen) FILTER (WHERE month = $m) AS data_fen,
                    sum(roam_fen) FILTER (WHERE month = $m) AS roam_fen,
                    count(*) FILTER (WHERE month >= $m6 AND roam_fen > 0) AS roam_months6
-            FROM mart.subscriber_month WHERE month >= $m12 AND month <= $m GROUP BY subs_id),
+            FROM mart.subscriber_month WHERE month >= $m12 AND month <= $m AND {span.sql()} GROUP BY subs_id),
         susp AS (
             SELECT subs_id, count(*) FILTER (WHERE susp_type = 'ARREARS_TWOWAY') AS susp12,
                    count(*) FILTER (WHERE susp_type = 'ARREARS_ONEWAY') AS susp12_oneway
-            FROM raw.susp WHERE event_time >= $m12 AND event_time < $next GROUP BY subs_id),
+            FROM raw.susp WHERE event_time >= $m12 AND event_time < $next AND {span.sql()} GROUP BY subs_id),
         lots AS (
             SELECT subs_id,
                    sum(earned) FILTER (WHERE year(earn_month) = $year - 1) AS prior_year_points,
                    sum(earned) FILTER (WHERE earn_month >= $m12) AS points_earned_12m
-            FROM staging.points_lot WHERE earn_month <= $m GROUP BY subs_id),
-        bal AS (SELECT subs_id, balance FROM mart.points_balance WHERE month = $m)
+            FROM staging.points_lot WHERE earn_month <= $m AND {span.sql()} GROUP BY subs_id),
+        bal AS (SELECT subs_id, balance FROM mart.points_balance WHERE month = $m AND {span.sql()})
         SELECT snap.subs_id, snap.status, snap.subs_type, snap.brand, snap.region_code, snap.manager_id,
                snap.realname_flag, snap.vip_flag, snap.group_key_flag,
                CAST($m_index - (year(snap.open_date) * 12 + month(snap.open_date) - 1) + 1 AS BIGINT)
@@ -110,7 +116,8 @@ def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
                coalesce(bal.balance, 0)::BIGINT AS points_balance
         FROM raw.snapshot_as_of($snap) snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
         LEFT JOIN lots USING (subs_id) LEFT JOIN bal USING (subs_id)
-        ORDER BY snap.subs_id""", params=grading_metrics_params(month, snapshot)).pl()
+        WHERE {span.sql("snap.subs_id")}
+        ORDER BY snap.subs_id""", params=grading_metrics_params(month, snapshot) | span.params).pl()
 
 
 def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
