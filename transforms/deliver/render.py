@@ -63,24 +63,28 @@ def _snapshot_for(con, month: Month) -> date:
     return snap
 
 
-def change_context(con: duckdb.DuckDBPyConnection, month: Month, subs_ids: pl.DataFrame) -> pl.DataFrame:
+def change_context(con: duckdb.DuckDBPyConnection, month: Month, subs_ids: pl.DataFrame,
+                   span: SubsRange = EVERYONE) -> pl.DataFrame:
     """What the change records of M say besides the change, for the subscribers of `subs_ids` (every change
-    channel's records at once: the lookups below read the whole subscriber history): msisdn, region_code,
-    manager_id from S(M) (the last known version when absent), tags of M and the reason of M's change."""
+    channel's records at once: the lookups below read the subscriber history), all in `span`: msisdn,
+    region_code, manager_id from S(M) (the last known version when absent), tags of M and the reason of M's
+    change. The range filter reaches the history's scan (below its window): a range reads only its rows."""
     if not scalar(con, "SELECT count(*) FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day]):
         raise ChannelError(f"{month} is not graded: no channel files")
     con.register("channel_subs", subs_ids.select("subs_id").unique())
     try:
-        return con.sql("""
+        return con.sql(f"""
             WITH who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
-                         SEMI JOIN channel_subs USING (subs_id)),
-                 tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m),
-                 why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m
-                         UNION ALL SELECT subs_id, reason FROM mart.entitlement_change WHERE grade_month = $m)
+                         SEMI JOIN channel_subs USING (subs_id) WHERE {span.sql()}),
+                 tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m AND {span.sql()}),
+                 why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m AND {span.sql()}
+                         UNION ALL SELECT subs_id, reason FROM mart.entitlement_change
+                         WHERE grade_month = $m AND {span.sql()})
             SELECT c.subs_id, who.msisdn, who.region_code, who.manager_id,
                    list_sort(coalesce(tags.tags, []::VARCHAR[])) AS tags, why.reason
             FROM channel_subs c LEFT JOIN who USING (subs_id) LEFT JOIN tags USING (subs_id)
-            LEFT JOIN why USING (subs_id)""", params={"m": month.first_day, "snap": _snapshot_for(con, month)}).pl()
+            LEFT JOIN why USING (subs_id) WHERE {span.sql("c.subs_id")}""",
+                       params={"m": month.first_day, "snap": _snapshot_for(con, month), **span.params}).pl()
     finally:
         con.unregister("channel_subs")
 
@@ -102,16 +106,18 @@ def change_facts(month: Month, records: pl.DataFrame, context: pl.DataFrame) -> 
     return facts.with_columns(entitlements=signed.list.join(LIST_SEPARATOR))
 
 
-def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame) -> pl.DataFrame:
-    """Expiring points of subscribers in S(M) who are not cancelled (a cancelled number may be reassigned)."""
+def points_facts(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame,
+                 span: SubsRange = EVERYONE) -> pl.DataFrame:
+    """Expiring points (of the subscribers of `expiring` in `span`) of subscribers in S(M) who are not cancelled
+    (a cancelled number may be reassigned)."""
     con.register("expiring_points", expiring.select("subs_id", pl.col("points").cast(pl.Int64)))
     try:
-        return con.sql("""
+        return con.sql(f"""
             SELECT e.subs_id, h.msisdn, h.region_code, h.manager_id, e.points, $expiry AS expiry_date
             FROM expiring_points e JOIN raw.snapshot_as_of($snap) h USING (subs_id)
-            WHERE e.points > 0 AND h.status <> 'CANCELLED'
+            WHERE e.points > 0 AND h.status <> 'CANCELLED' AND {span.sql("h.subs_id")}
             ORDER BY e.subs_id""", params={"snap": _snapshot_for(con, month),
-                                           "expiry": (month + 1).last_day.strftime("%Y%m%d")}).pl()
+                                           "expiry": (month + 1).last_day.strftime("%Y%m%d"), **span.params}).pl()
     finally:
         con.unregister("expiring_points")
 

@@ -94,10 +94,10 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
                               c.carries_entitlements) for c in changes]
         found = []
         if changes:
-            context = change_context(con, month, pl.concat([r.select("subs_id") for r in records]))
+            context = change_context(con, month, pl.concat([r.select("subs_id") for r in records]), span)
             found = [(r, change_facts(month, r, context)) for r in records]
         for channel, told_as in notices:
-            facts = (points_facts(con, month, span.of(expiring)) if channel.feed == POINTS
+            facts = (points_facts(con, month, span.of(expiring), span) if channel.feed == POINTS
                      else at_risk_facts(con, month, pack, span))
             found.append(_fresh(con, channel.name, month, facts, told_as, span))
         return found
