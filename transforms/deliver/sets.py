@@ -9,10 +9,9 @@ snapshot shows cancellations sends the nightly LOST notices, which count as told
 day's month, so the month's SMS file does not repeat them.
 
 A month's sets are computed, rendered and recorded (ops.sent_record) range by range of subs_id
-(transforms.warehouse.ranges), so that a month
-telling most subscribers holds one range's frames at a time; each file is written in subs_id order, the same
-bytes as in one piece. The files are written into the caller's folder of owed files (transforms.runs.owed), and
-the caller owes them in the transaction that records them.
+(transforms.warehouse.ranges), so that a month telling most subscribers holds one range's frames at a time; each
+file is written in subs_id order, the same bytes as in one piece. The files go into the caller's folder of owed
+files (transforms.runs.owed), and the caller owes them in the transaction that records them.
 """
 from __future__ import annotations
 
