@@ -171,6 +171,15 @@ def test_a_sent_file_is_never_rewritten_with_other_content(tmp_path):
     assert (folder / "X_202607.chk").read_bytes() == b"X_202607.dat|1|4|md5-old|GBK\n"
 
 
+def test_a_file_whose_kept_bytes_are_gone_is_refused_naming_them(tmp_path):
+    out = kept_file(tmp_path / "owed", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5|GBK\n")
+    out.kept.unlink()
+    with pytest.raises(ChannelError, match=r"^outbox file boss/202607/X_202607.dat: its bytes, kept in .*owed/boss/"
+                                           r"202607/X_202607.dat until delivered, are missing"):
+        write_outbox(tmp_path, [out])
+    assert not (tmp_path / "outbox" / "boss" / "202607" / "X_202607.dat").exists()
+
+
 def test_crash_between_renames_leaves_the_data_file_without_its_control_file(tmp_path, monkeypatch):
     out = kept_file(tmp_path / "owed", "boss/202607/X_202607.dat", b"A|1\n", 1, b"X_202607.dat|1|4|md5|GBK\n")
     folder = tmp_path / "outbox" / "boss" / "202607"

@@ -38,6 +38,9 @@ def write_new(home: Path, out: OutFile) -> list[Path]:
             raise ChannelError(f"outbox file {path.relative_to(root)} was already sent with other content: "
                                "refusing to overwrite it (corrections go to a numbered set)")
     if not all(in_place):
+        if not out.kept.is_file():
+            raise ChannelError(f"outbox file {out.relpath}: its bytes, kept in {out.kept} until delivered, are "
+                               "missing: restore that file (a run writes it before its commit) to deliver it")
         parts = [(data, copy_aside(data, out.kept))]
         if control is not None:
             parts.append((control, write_aside(control, out.control)))

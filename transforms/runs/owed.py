@@ -29,7 +29,11 @@ _ORDER = {OUTBOX: 0, PUBLISH: 1, REPORT: 2}  # files first; the report reads the
 
 def owed_folder(home: Path, run_id: str) -> Path:
     """Where a run's channel files wait until they are delivered."""
-    return Path(home) / "ops" / "owed" / run_id
+    return _owed_root(home) / run_id
+
+
+def _owed_root(home: Path) -> Path:
+    return Path(home) / "ops" / "owed"
 
 
 def owe_files(con: duckdb.DuckDBPyConnection, files: list[OutFile], run_id: str) -> None:
@@ -74,7 +78,7 @@ def deliver_files(con: duckdb.DuckDBPyConnection, home: Path) -> list[OutFile]:
 
 def _remove_unneeded_folders(con, home: Path) -> None:
     """The owed folders of runs that owe no file any more: delivered, or never committed (killed, failed)."""
-    root = Path(home) / "ops" / "owed"
+    root = _owed_root(home)
     needed = {run_id for (run_id,) in con.execute("SELECT DISTINCT run_id FROM ops.owed WHERE effect = ?",
                                                   [OUTBOX]).fetchall()}
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
