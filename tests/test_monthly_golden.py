@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from tests.builders import Province, Sub, deliver
@@ -152,6 +153,41 @@ def test_june_metrics_read_in_ranges_of_two_subscribers_are_the_same(graded, mon
     assert len(ranges.subscriber_ranges(con, JUN)) >= 5
     assert inputs.grading_metrics(con, JUN, snapshot).equals(whole)
     assert whole["subs_id"].to_list() == sorted(whole["subs_id"].to_list()) and whole.height >= 10
+
+
+GRADED_TABLES = ("tier_assignment", "grade_change", "entitlement_change", "tier_history", "tier_current",
+                 "tier_summary")
+
+
+def test_july_regraded_in_ranges_of_two_subscribers_writes_the_same_tables(graded, monkeypatch):
+    """The local path grades and writes range by range of subs_id (warehouse.ranges): a regrade of July in ranges
+    of two subscribers leaves every graded table as the one-range run wrote it, and reports the same counts."""
+    con, results = graded
+    before = {t: con.execute(f"SELECT * FROM mart.{t} ORDER BY ALL").fetchall() for t in GRADED_TABLES}
+    monkeypatch.setattr(ranges, "RANGE_SUBSCRIBERS", 2)
+    assert len(ranges.subscriber_ranges(con, JUL)) >= 5
+    again = run_monthly(con, JUL, PACK, "ranges", ACCEPT)
+    assert {t: con.execute(f"SELECT * FROM mart.{t} ORDER BY ALL").fetchall() for t in GRADED_TABLES} == before
+    assert (again.subscribers, again.changes, again.tiers) == (results[JUL].subscribers, results[JUL].changes,
+                                                               results[JUL].tiers)
+    assert again.changes == {"DOWNGRADE": 1, "LOST": 1, "NEW": 1, "UPGRADE": 2}  # test_july_changes_by_hand
+
+
+def test_a_rank_pack_graded_in_ranges_ranks_the_whole_population(graded, monkeypatch):
+    """abc ranks every eligible subscriber of S(M): graded range by range, the tiers equal one grading of all."""
+    from transforms.grade.grading import GradingInputs, grade
+    from transforms.runs.monthly import graded_by_range
+    con, _ = graded
+    abc = load_pack(rules_dir() / "abc.yaml")
+    snapshot = snapshot_date_for(con, JUL)
+    whole = grade(abc, GradingInputs(JUL, inputs.grading_metrics(con, JUL, snapshot), inputs.active_overrides(con, JUL),
+                                     inputs.tier_spells(con, JUL), inputs.assignment_of(con, JUL - 1)), PACK)
+    monkeypatch.setattr(ranges, "RANGE_SUBSCRIBERS", 2)
+    parts = list(graded_by_range(con, JUL, abc, PACK, snapshot))
+    assert len(parts) >= 5
+    for name in ("assignment", "changes", "entitlement_changes"):
+        assert pl.concat([getattr(graded, name) for *_, graded in parts]).equals(getattr(whole, name)), name
+    assert whole.assignment["tier"].n_unique() >= 3  # the ranks spread the subscribers over several tiers
 
 
 def test_first_graded_month_makes_every_rated_subscriber_new(graded):

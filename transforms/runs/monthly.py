@@ -5,8 +5,9 @@ The steps, in order (each timed for ops.run_ledger):
   gate 2          grading inputs (quality.gates.gate_grading_inputs)
   points          redemptions, expiry and accrual of M (over subscriber shards when options.shards is given)
                   -> points ledger and mart.points_balance
-  grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M (or
-                  over subscriber shards, transforms.runs.shards, when options.shards is given) ->
+  grade           when BILL covers the pack's grading window: transforms.grade.grading over the inputs of M,
+                  range by range of subscribers (transforms.warehouse.ranges: one range's frames at a time), or
+                  over subscriber shards (transforms.runs.shards) when options.shards is given ->
                   tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
                   tier_summary
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
@@ -29,6 +30,7 @@ from transforms.core.calendar import Month
 from transforms.deliver.channels import Channel
 from transforms.deliver.render import OutFile
 from transforms.deliver.sets import month_sets, told_counts
+from transforms.grade.engine import rank_table
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.points import apply_points_to_totals
 from transforms.grade.rulepack import RulePack
@@ -40,6 +42,7 @@ from transforms.runs.month_state import (MonthlyError, check_ordering, record_mo
                                          window_complete)
 from transforms.warehouse import inputs
 from transforms.warehouse.db import snapshot_date_for, transaction
+from transforms.warehouse.ranges import EVERYONE, subscriber_ranges
 from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebuild_tier_history, write_grade_change,
                                         write_points, write_points_expiring, write_subscriber_month,
                                         write_tier_assignment, write_tier_summary)
@@ -150,20 +153,39 @@ def _points(con, month: Month, pack: RulePack, snapshot: date, shards: ShardMap 
 def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,
            shards: ShardMap | None, steps: StepTimer) -> MonthlyResult:
     if shards is None:
-        grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
-                                       inputs.active_overrides(con, month), inputs.tier_spells(con, month),
-                                       inputs.assignment_of(con, month - 1))
-        metrics, overrides = grading_inputs.metrics, grading_inputs.overrides
-        graded = grade(pack, grading_inputs, previous_pack)
+        parts = graded_by_range(con, month, pack, previous_pack, snapshot)
     else:
         metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards, steps)
-    write_tier_assignment(con, month, pack.version, metrics, graded.assignment, overrides)
-    write_grade_change(con, month, snapshot, graded.changes)
-    write_grade_change(con, month, snapshot, graded.entitlement_changes, table="entitlement_change")
+        parts = [(EVERYONE, metrics, overrides, graded)]
+    subscribers, changes, tiers = 0, [], []  # per range: (change_type, len), (tier, len)
+    for span, metrics, overrides, graded in parts:
+        write_tier_assignment(con, month, pack.version, metrics, graded.assignment, overrides, span)
+        write_grade_change(con, month, snapshot, graded.changes, span=span)
+        write_grade_change(con, month, snapshot, graded.entitlement_changes, table="entitlement_change", span=span)
+        subscribers += graded.assignment.height
+        changes.append(pl.concat([graded.changes, graded.entitlement_changes]).group_by("change_type").len())
+        tiers.append(graded.assignment.group_by("tier").len())
     rebuild_tier_history(con, month)
     rebuild_tier_current(con)
     write_tier_summary(con, month)
-    return MonthlyResult(month, graded=True, subscribers=graded.assignment.height,
-                         changes=dict(pl.concat([graded.changes, graded.entitlement_changes])
-                                      .group_by("change_type").len().iter_rows()),
-                         tiers=dict(graded.assignment.group_by("tier").len().iter_rows()))
+    return MonthlyResult(month, graded=True, subscribers=subscribers, changes=_summed(changes, "change_type"),
+                         tiers=_summed(tiers, "tier"))
+
+
+def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date):
+    """M graded range by range of subscribers (warehouse.ranges), each range's (span, metrics, overrides, graded)
+    in subs_id order: one range's frames at a time. A rank pack's ranks are over the whole population: computed
+    first, from the metrics of every range."""
+    overrides, spells = inputs.active_overrides(con, month), inputs.tier_spells(con, month)
+    previous = inputs.assignment_of(con, month - 1)
+    ranks = rank_table(pack, inputs.grading_metrics(con, month, snapshot)) if pack.ranks else None
+    for span in subscriber_ranges(con, month):
+        metrics = inputs.grading_metrics_of(con, month, snapshot, span)
+        grading_inputs = GradingInputs(month, metrics, span.of(overrides), span.of(spells), span.of(previous),
+                                       span.of(ranks) if ranks is not None else None)
+        yield span, metrics, grading_inputs.overrides, grade(pack, grading_inputs, previous_pack)
+
+
+def _summed(counts: list[pl.DataFrame], key: str) -> dict:
+    """{key: count} from the (key, len) frames of the ranges."""
+    return dict(pl.concat(counts).group_by(key).agg(pl.col("len").sum()).iter_rows())

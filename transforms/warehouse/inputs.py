@@ -73,10 +73,12 @@ def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE), sorted by
     subs_id (the engine's fast paths rely on it). Read range by range of subscribers (warehouse.ranges): one
     range's hash tables at a time keep a 10M-subscriber month within DuckDB's memory limit."""
-    return pl.concat([_grading_metrics_of(con, month, snapshot, span) for span in subscriber_ranges(con, month)])
+    return pl.concat([grading_metrics_of(con, month, snapshot, span) for span in subscriber_ranges(con, month)])
 
 
-def _grading_metrics_of(con, month: Month, snapshot: date, span: SubsRange) -> pl.DataFrame:
+def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date,
+                       span: SubsRange) -> pl.DataFrame:
+    """grading_metrics of the subscribers in `span`."""
     return con.sql(f"""
         WITH sm AS (
             SELECT subs_id,

@@ -1,6 +1,7 @@
 """The writers of the staging and mart layers, one function per table (or ledger) and grading month.
 
-Each function replaces the partition of one month (delete + insert), so reruns are idempotent: the monthly
+Each function replaces the partition of one month (delete + insert; the graded tables also one range of
+subscribers of it, warehouse.ranges, the ranges written in order), so reruns are idempotent: the monthly
 aggregates (mart.subscriber_month), the points ledger and balances, the graded tiers (mart.tier_assignment) and
 changes (mart.grade_change, mart.entitlement_change), and the tables derived from them: tier_history,
 tier_current, tier_summary.
@@ -17,20 +18,22 @@ from transforms.core.calendar import Month
 from transforms.grade.engine import OVERRIDE_REASON
 from transforms.grade.points import PointsMonth
 from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
+from transforms.warehouse.ranges import EVERYONE, SubsRange
 
 SUM6_MONTHS = 6  # mart.subscriber_month.sum6_fen: cons of M-5..M, NULL until BILL covers them
 
 
 def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version: str, metrics: pl.DataFrame,
-                          assignment: pl.DataFrame, overrides: pl.DataFrame) -> None:
-    """mart.tier_assignment of M: the graded rows with the metrics analysts read beside them, and the override
-    (id, reason, approver) behind each tier of reason OVERRIDE."""
+                          assignment: pl.DataFrame, overrides: pl.DataFrame, span: SubsRange = EVERYONE) -> None:
+    """mart.tier_assignment of M (of the subscribers in `span`): the graded rows with the metrics analysts read
+    beside them, and the override (id, reason, approver) behind each tier of reason OVERRIDE."""
     behind = overrides.select("subs_id", override_id="override_id", override_reason="reason",
                               override_approved_by="approved_by")
     rows = (assignment.join(metrics.select("subs_id", "sum6_fen", "tenure_months", "prior_year_points", "susp12",
                                            "region_code"), on="subs_id", how="left")
             .join(behind, on="subs_id", how="left"))
-    con.execute("DELETE FROM mart.tier_assignment WHERE grade_month = ?", [month.first_day])
+    con.execute(f"DELETE FROM mart.tier_assignment WHERE grade_month = $m AND {span.sql()}",
+                {"m": month.first_day, **span.params})
     mark_changed(con, "tier_assignment", month.first_day)
     con.register("assigned", rows)
     try:
@@ -47,10 +50,12 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
 
 
 def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, changes: pl.DataFrame,
-                       table: str = "grade_change") -> None:
-    """mart.grade_change of M from grading.grade_changes (or, table "entitlement_change", its ENTITLEMENTS rows),
-    with the subscriber's region and account manager in S(M) (or when last seen, for one who left)."""
-    con.execute(f"DELETE FROM mart.{table} WHERE grade_month = ?", [month.first_day])
+                       table: str = "grade_change", span: SubsRange = EVERYONE) -> None:
+    """mart.grade_change of M (of the subscribers in `span`) from grading.grade_changes (or, table
+    "entitlement_change", its ENTITLEMENTS rows), with the subscriber's region and account manager in S(M) (or
+    when last seen, for one who left)."""
+    con.execute(f"DELETE FROM mart.{table} WHERE grade_month = $m AND {span.sql()}",
+                {"m": month.first_day, **span.params})
     mark_changed(con, table, month.first_day)
     if changes.height == 0:  # the owner lookup reads the whole subscriber history: not for nothing
         return
@@ -60,8 +65,9 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
             INSERT INTO mart.{table}
             SELECT $m, c.subs_id, c.from_tier, c.to_tier, c.change_type, c.reason, c.entitlements_gained,
                    c.entitlements_lost, who.region_code, who.manager_id
-            FROM changes c LEFT JOIN raw.last_known_as_of($snap) who USING (subs_id)
-            ORDER BY c.subs_id""", {"m": month.first_day, "snap": snapshot})
+            FROM changes c LEFT JOIN (SELECT * FROM raw.last_known_as_of($snap) WHERE {span.sql()}) who
+            USING (subs_id)
+            ORDER BY c.subs_id""", {"m": month.first_day, "snap": snapshot, **span.params})
     finally:
         con.unregister("changes")
 
