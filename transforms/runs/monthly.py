@@ -187,5 +187,5 @@ def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, 
 
 
 def _summed(counts: list[pl.DataFrame], key: str) -> dict:
-    """{key: count} from the (key, len) frames of the ranges."""
-    return dict(pl.concat(counts).group_by(key).agg(pl.col("len").sum()).iter_rows())
+    """{key: count} from the (key, len) frames of the ranges, in key order (the run ledger keeps it)."""
+    return dict(pl.concat(counts).group_by(key).agg(pl.col("len").sum()).sort(key).iter_rows())
