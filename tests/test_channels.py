@@ -150,12 +150,14 @@ def test_rerun_gives_byte_identical_files_left_in_place(july, tmp_path):
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
 
 
-def test_outbox_is_not_world_readable(july):
+def test_outbox_and_the_files_waiting_for_it_are_not_world_readable(july):
     home, _, _ = july
-    outbox = home / "outbox"
-    for path in [outbox, *outbox.rglob("*")]:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
+    for folder in (home / "outbox", home / "owed"):  # owed: where first_files kept them before delivery
+        paths = [folder, *folder.rglob("*")]
+        assert len(paths) >= 7
+        for path in paths:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
 
 
 def test_a_sent_file_is_never_rewritten_with_other_content(tmp_path):

@@ -12,6 +12,18 @@ from pathlib import Path
 from transforms.core.faults import fault_point
 
 FILE_MODE = 0o640  # outputs carry subscriber data: never world-readable
+DIR_MODE = 0o750
+
+
+def make_private_dirs(path: Path, stop: Path | None = None) -> None:
+    """Creates the missing directories down to `path` (not above `stop`), each DIR_MODE whatever the umask."""
+    missing = []
+    while not path.exists() and path != stop and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(directory, DIR_MODE)
 
 
 def aside_path(path: Path) -> Path:

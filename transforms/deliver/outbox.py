@@ -5,13 +5,10 @@ import os
 from pathlib import Path
 
 from transforms.core.faults import fault_point
-from transforms.core.files import copy_aside, fsync_dir, holds, write_aside
+from transforms.core.files import copy_aside, fsync_dir, holds, make_private_dirs, write_aside
 from transforms.deliver.channels import OUTBOX, ChannelError, check_relpath
 from transforms.deliver.render import OutFile
 from transforms.ingest.control import file_md5
-
-DIR_MODE = 0o750  # the outbox carries msisdn: never world-readable
-
 
 def write_outbox(home: Path, files: list[OutFile]) -> list[Path]:
     """Writes each file (see write_new) and returns the paths written, a control file after its data file."""
@@ -29,7 +26,7 @@ def write_new(home: Path, out: OutFile) -> list[Path]:
     """
     Path(home).mkdir(parents=True, exist_ok=True)
     root = Path(home) / OUTBOX
-    _make_dirs(root, Path(home))
+    make_private_dirs(root, Path(home))
     data = _target(root, out.relpath)
     control = _target(root, out.control_relpath) if out.control is not None else None
     in_place = [_holds_payload(data, out)] + ([holds(control, out.control)] if control else [])
@@ -53,23 +50,12 @@ def _holds_payload(path: Path, out: OutFile) -> bool:
     return path.exists() and file_md5(path) == out.md5
 
 
-def _make_dirs(path: Path, stop: Path) -> None:
-    """Creates the missing directories down to `path`, each 0o750 whatever the umask."""
-    missing = []
-    while not path.exists() and path != stop and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=DIR_MODE, exist_ok=True)
-        os.chmod(directory, DIR_MODE)
-
-
 def _target(root: Path, relpath: str) -> Path:
     check_relpath(relpath, ChannelError, f"outbox file {relpath!r}")
     target = root / relpath
     if not target.parent.resolve().is_relative_to(root.resolve()):  # checked before creating anything
         raise ChannelError(f"outbox file {relpath!r} resolves outside {root} (symbolic link?)")
-    _make_dirs(target.parent, root)
+    make_private_dirs(target.parent, root)
     return target
 
 

@@ -25,7 +25,7 @@ import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.core.files import FILE_MODE
+from transforms.core.files import FILE_MODE, make_private_dirs
 from transforms.deliver.channels import AT_RISK_TAG, LIST_SEPARATOR, Channel, ChannelError
 from transforms.grade.grading import ABSENT_REASON
 from transforms.grade.rulepack import RulePack
@@ -197,7 +197,7 @@ class FileWriter:
         self._header_due = channel.format == "csv"
         self._empty: pl.DataFrame | None = None  # the columns, for the header of a file without rows
         self._bad: dict[str, tuple[int, object]] = {}  # column -> (values holding | or a line break, first subs_id)
-        kept.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(kept.parent)  # the file carries msisdn, as the outbox does
         self._file = open(kept, "wb")
         os.fchmod(self._file.fileno(), FILE_MODE)
 
