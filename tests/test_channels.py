@@ -467,9 +467,13 @@ def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch, tmp_path):
     facts = rendering.change_facts(JUL, records, context)
     channels = by_feed(CHANNELS, CHANGE_FEED)
     assert {c.format for c in channels} == {"pipe_gbk_with_chk", "jsonl", "csv"}
-    whole = [rendering.render(c, facts, f"{c.name}.out", tmp_path / "whole" / c.name) for c in channels]
+    def render(channel, kept):
+        with rendering.FileWriter(channel, f"{channel.name}.out", kept) as writer:
+            writer.add(facts)
+            return writer.finish()
+    whole = [render(c, tmp_path / "whole" / c.name) for c in channels]
     monkeypatch.setattr(rendering, "RENDER_CHUNK_ROWS", 2)
-    chunked = [rendering.render(c, facts, f"{c.name}.out", tmp_path / "chunked" / c.name) for c in channels]
+    chunked = [render(c, tmp_path / "chunked" / c.name) for c in channels]
     assert [(f.payload, f.md5, f.control, f.records) for f in chunked] == [
         (f.payload, f.md5, f.control, f.records) for f in whole]
     assert all(f.payload.count(b"\n") >= 7 and f.records == 7 for f in whole)

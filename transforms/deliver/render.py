@@ -251,13 +251,6 @@ class FileWriter:
                 self._bad[column] = (count + found.height, first)
 
 
-def render(channel: Channel, facts: pl.DataFrame, relpath: str, kept: Path) -> OutFile:
-    """One channel file from all its facts (sorted by subs_id), written to `kept`."""
-    with FileWriter(channel, relpath, kept) as writer:
-        writer.add(facts)
-        return writer.finish()
-
-
 def _text(channel: Channel, rows: pl.DataFrame, header: bool) -> str:
     """The lines of some rows in the channel's format (with the CSV header when `header`)."""
     if channel.format == "jsonl":

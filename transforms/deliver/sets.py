@@ -73,10 +73,11 @@ def numbered(relpath: str, set_no: int) -> str:
 
 
 def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, channels: list[Channel], graded: bool,
-               expiring: pl.DataFrame, folder: Path) -> list[ChannelSet]:
+               expiring: pl.DataFrame, folder: Path, spans: list[SubsRange] | None = None) -> list[ChannelSet]:
     """The sets month M sends now, written under `folder` and recorded: when graded, per change channel the
     difference between M's changes (graded with `pack`) and what it was told, per at-risk channel the notices
-    not yet sent; per points channel the notices not yet sent (`expiring`: subs_id, points)."""
+    not yet sent; per points channel the notices not yet sent (`expiring`: subs_id, points). `spans`: M's
+    subscriber ranges, when the caller has them."""
     changes = by_feed(channels, CHANGES) if graded else []
     notices = [(c, {"points": "points"}) for c in by_feed(channels, POINTS)]
     if graded and by_feed(channels, AT_RISK):
@@ -101,7 +102,7 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
             found.append(_fresh(con, channel.name, month, facts, told_as, span))
         return found
 
-    return _write_sets(con, sends, subscriber_ranges(con, month) if sends else [], parts, folder)
+    return _write_sets(con, sends, (spans or subscriber_ranges(con, month)) if sends else [], parts, folder)
 
 
 def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel], unrated: str,
@@ -195,11 +196,12 @@ def _in_force(con, month: Month, change_types: tuple[str, ...], span: SubsRange)
                    params={"m": month.first_day, "types": list(change_types), **span.params}).pl()
 
 
-def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel]) -> dict:
+def told_counts(con: duckdb.DuckDBPyConnection, month: Month, channels: list[Channel],
+                spans: list[SubsRange] | None = None) -> dict:
     """Per change channel, the subscribers whose told state for M is a change, with the change types it carries:
     what gate 3 compares with mart.grade_change (and mart.entitlement_change for ENTITLEMENTS). Counted range by
     range: a mass-change month has told millions."""
-    spans = subscriber_ranges(con, month)
+    spans = spans or subscriber_ranges(con, month)
     return {c.name: (sum(told_state(_sent(con, c.name, month, span)).height for span in spans), c.changes)
             for c in by_feed(channels, CHANGES)}
 

@@ -42,7 +42,7 @@ from transforms.runs.month_state import (MonthlyError, check_ordering, record_mo
                                          window_complete)
 from transforms.warehouse import inputs
 from transforms.warehouse.db import snapshot_date_for, transaction
-from transforms.warehouse.ranges import EVERYONE, subscriber_ranges
+from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebuild_tier_history, write_grade_change,
                                         write_points, write_points_expiring, write_subscriber_month,
                                         write_tier_assignment, write_tier_summary)
@@ -94,6 +94,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     with transaction(con, "monthly"):
         with steps("aggregate"):
             write_subscriber_month(con, month, window_complete(con, month, SUM6_MONTHS))
+            spans = subscriber_ranges(con, month)  # of M's subscribers, now aggregated
         with steps("gate_grading_inputs"):
             checks = [gate_grading_inputs(con, month, pack.grading_window,
                                           options.results_dir).raise_if_failed().as_dict()]
@@ -103,15 +104,16 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             write_points_expiring(con, month, expiring)
         if gradable:
             with steps("grade"):
-                result = _grade(con, month, pack, previous_pack, snapshot, options.shards, steps)
+                result = _grade(con, month, pack, previous_pack, snapshot, options.shards, steps, spans)
         else:
             first = month - (pack.grading_window - 1)
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
-            sets = month_sets(con, month, pack, list(options.channels), gradable, expiring, options.files_folder)
+            sets = month_sets(con, month, pack, list(options.channels), gradable, expiring, options.files_folder,
+                              spans)
         if gradable:
             with steps("gate_outputs"):
-                checks.append(gate_outputs(con, month, pack, told_counts(con, month, list(options.channels)),
+                checks.append(gate_outputs(con, month, pack, told_counts(con, month, list(options.channels), spans),
                                            options.results_dir).raise_if_failed().as_dict())
             with steps("gate_breaker"):
                 checks.append(gate_breaker(con, month, pack, options.accept_mass_change,
@@ -151,9 +153,9 @@ def _points(con, month: Month, pack: RulePack, snapshot: date, shards: ShardMap 
 
 
 def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,
-           shards: ShardMap | None, steps: StepTimer) -> MonthlyResult:
+           shards: ShardMap | None, steps: StepTimer, spans: list[SubsRange]) -> MonthlyResult:
     if shards is None:
-        parts = graded_by_range(con, month, pack, previous_pack, snapshot)
+        parts = graded_by_range(con, month, pack, previous_pack, snapshot, spans)
     else:
         metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards, steps)
         parts = [(EVERYONE, metrics, overrides, graded)]
@@ -172,14 +174,15 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
                          tiers=_summed(tiers, "tier"))
 
 
-def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date):
-    """M graded range by range of subscribers (warehouse.ranges), each range's (span, metrics, overrides, graded)
-    in subs_id order: one range's frames at a time. A rank pack's ranks are over the whole population: computed
-    first, from the metrics of every range."""
+def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,
+                    spans: list[SubsRange] | None = None):
+    """M graded range by range of subscribers (`spans`, default warehouse.ranges.subscriber_ranges), each range's
+    (span, metrics, overrides, graded) in subs_id order: one range's frames at a time. A rank pack's ranks are
+    over the whole population: computed first, from the metrics of every range."""
     overrides, spells = inputs.active_overrides(con, month), inputs.tier_spells(con, month)
     previous = inputs.assignment_of(con, month - 1)
     ranks = rank_table(pack, inputs.grading_metrics(con, month, snapshot)) if pack.ranks else None
-    for span in subscriber_ranges(con, month):
+    for span in spans or subscriber_ranges(con, month):
         metrics = inputs.grading_metrics_of(con, month, snapshot, span)
         grading_inputs = GradingInputs(month, metrics, span.of(overrides), span.of(spells), span.of(previous),
                                        span.of(ranks) if ranks is not None else None)
