@@ -81,7 +81,7 @@ def shards_of_run(home: str, run_id: str):
 
 def parser_of_run(home: str, run_id: str):
     """How an ingest run reads a file when its flow runs on Dask: BILL in byte ranges on the workers
-    (shards.parse_on_shards); else None (extracts.parse_extract, the default)."""
+    (shards.parse_on_shards); else None (extracts.parse_extract_parts, the default)."""
     if _dask_runner() is None:
         return None
     return partial(parse_on_shards, partial(shards_of_run, home, run_id))

@@ -22,7 +22,7 @@ from transforms.core.files import remove_leftovers_under
 from transforms.deliver.channels import load_channels
 from transforms.grade.packs import pack_for_month
 from transforms.grade.rulepack import PackError, RulePack
-from transforms.ingest.extracts import parse_extract
+from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.layouts import parse_extract_name
 from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, reconciliation_failures
@@ -115,7 +115,7 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
         run_id = start_run(con, "ingest", f"{period:%Y-%m-%d}")
         with failing_closes(con, run_id):
             started = datetime.now()
-            parse = parser_of_run(home, run_id) or parse_extract  # BILL in byte ranges when on Dask
+            parse = parser_of_run(home, run_id) or parse_extract_parts  # BILL in byte ranges when on Dask
             try:
                 results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(),
                                          cache(_default_pack_in_force), max_quarantine_share,

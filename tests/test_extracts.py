@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from transforms.ingest.control import encode_records, read_control, write_delivery
-from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
+from transforms.ingest.extracts import (ParsedFile, join_parts, join_ranges, line_ranges, parse_extract,
+                                        parse_extract_parts, parse_extract_range)
 from transforms.ingest.layouts import KINDS, ExtractName, parse_extract_name
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
@@ -529,9 +530,10 @@ def test_an_overlong_line_is_never_held_whole():
 # --------------------------------------------------------------------------------- parsing by byte ranges
 
 def test_a_file_parsed_in_byte_ranges_is_the_file_parsed_whole(tmp_path):
-    """What separate processes parse of a BILL file (flows.dask), joined in order, is what parse_extract reads:
-    the same records and quarantine rows with the same line numbers, whatever falls on a range's edge (the BOM,
-    an overlong line, an undecodable line, CRLF, an empty line, a last line without a newline)."""
+    """What separate processes parse of a BILL file (flows.dask), or a loader takes part by part, joined in
+    order, is what parse_extract reads: the same records and quarantine rows with the same line numbers, whatever
+    falls on a range's edge (the BOM, an overlong line, an undecodable line, CRLF, an empty line, a last line
+    without a newline)."""
     good = [record("BILL", subs_id=f"S{n:07d}", amount_fen=str(n)).encode("gbk") for n in range(1, 60)]
     lines = good[:5] + [b""] + good[5:20] + [b"S1|202601|RENT|" + b"9" * 40000] + good[20:30] \
         + [b"S2|202601|RENT|\xff\xfe"] + [g + b"\r" for g in good[30:45]] + [b"S3|202601|NOPE|1"] + good[45:]
@@ -539,6 +541,11 @@ def test_a_file_parsed_in_byte_ranges_is_the_file_parsed_whole(tmp_path):
     whole = parse(dat, chunk_bytes=256)
     assert [r for _, r in quarantined(whole)] == ["FIELD_COUNT", "LINE_TOO_LONG", "DECODE_ERROR", "BAD_ENUM"]
     name = parse_extract_name(dat.name)
+    # The parts a loader takes one at a time (extracts.parse_extract_parts): numbered in the file, in order.
+    chunks = list(parse_extract_parts(dat, name, "GBK", DELIVERY_DAY["BILL"], chunk_bytes=256))
+    assert len(chunks) > 5 and sum(c.record_count for c in chunks) == len(lines)
+    joined = join_parts(chunks, whole.records.schema)
+    assert joined.records.equals(whole.records) and joined.quarantine.equals(whole.quarantine)
     for parts in (1, 2, 3, 7, 40, 500):
         ranges = line_ranges(dat, parts)
         assert ranges[0][0] == 0 and ranges[-1][1] == dat.stat().st_size

@@ -11,6 +11,7 @@ import pytest
 from tests.builders import Sub, deliver
 from transforms.core.calendar import Month
 from transforms.ingest.landing import scan_landing
+from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.load import ingest_delivery, reconciliation_failures
 from transforms.warehouse.db import snapshot_date_for
 from transforms.warehouse.db import connect
@@ -175,3 +176,59 @@ def test_quarantine_exactly_at_the_threshold_is_not_over_it(home, con):
     deliver(home, "20260203", "BILL_202601.dat", lines)
     [result] = ingest_all(con, home)
     assert (result.status, result.loaded, result.quarantined) == ("LOADED", 99, 1)
+
+
+# --- a big file loads part by part -------------------------------------------------------------------------------
+
+def in_small_parts(seen_rows: list[int] | None = None, con=None):
+    """parse_extract_parts in parts of a few lines; with `seen_rows`, notes the raw.bill rows already in the
+    (uncommitted) warehouse when each part is asked for."""
+    def parse(*args):
+        for part in parse_extract_parts(*args, chunk_bytes=64):
+            if seen_rows is not None:
+                seen_rows.append(con.execute("SELECT count(*) FROM raw.bill").fetchall()[0][0])
+            yield part
+    return parse
+
+
+def test_a_bill_file_loads_part_by_part_as_it_loads_whole(home, con, tmp_path):
+    lines = bill_lines(300)
+    lines[7] = "S0000007|202601|RENT|7.5"        # 2 of 300 quarantined, in different parts
+    lines[250] = "S0000250|202601|NOPE|1"
+    dat = deliver(home, "20260203", "BILL_202601.dat", lines)
+    seen: list[int] = []
+    [result] = [ingest_delivery(con, home, d, "test", parse=in_small_parts(seen, con))
+                for d in scan_landing(home).delivered]
+    assert (result.status, result.loaded, result.quarantined) == ("LOADED", 298, 2)
+    # Each part was in the warehouse before the next was parsed: the file is never held whole.
+    assert len(seen) > 10 and seen == sorted(seen) and seen[-1] > 250
+    rows = con.execute("SELECT * FROM raw.bill ORDER BY line_no").fetchall()
+    whole = connect(tmp_path / "whole")
+    shutil.copytree(home / "landing", tmp_path / "whole" / "landing")
+    [ingest_delivery(whole, tmp_path / "whole", d, "test") for d in scan_landing(tmp_path / "whole").delivered]
+    assert rows == whole.execute("SELECT * FROM raw.bill ORDER BY line_no").fetchall()
+    assert con.execute("SELECT line_no, reason FROM ops.quarantine ORDER BY line_no").fetchall() == [
+        (8, "BAD_INTEGER"), (251, "BAD_ENUM")]
+    assert reconciliation_failures(con) == []
+    whole.close()
+
+
+def test_a_bill_file_over_the_threshold_in_its_last_part_leaves_nothing_loaded(home, con):
+    lines = bill_lines(300)
+    for n in (280, 290, 299, 295):                # 4 of 300 > 1%, all past the parts already loaded
+        lines[n] = f"S{n:07d}|202512|RENT|1"
+    deliver(home, "20260203", "BILL_202601.dat", bill_lines(10))
+    ingest_all(con, home)                                       # an older delivery, superseded for a moment
+    deliver(home, "20260210", "BILL_202601.dat", lines)
+    [result] = [ingest_delivery(con, home, d, "test", parse=in_small_parts())
+                for d in scan_landing(home).delivered if d.day == date(2026, 2, 10)]
+    assert result.status == "REJECTED" and result.reason.startswith("QUARANTINE_THRESHOLD: 4 of 300")
+    assert "first: line 281 MONTH_MISMATCH" in result.reason
+    # The parts loaded before the count was known are rolled back; the older delivery stays in use.
+    assert con.execute("SELECT count(*) FROM raw.bill").fetchone() == (10,)
+    assert con.execute("SELECT day, status FROM ops.delivery ORDER BY day").fetchall() == [
+        (date(2026, 2, 3), "LOADED"), (date(2026, 2, 10), "REJECTED")]
+    assert con.execute("SELECT line_no, reason FROM ops.quarantine WHERE file_name = 'BILL_202601.dat' "
+                       "ORDER BY line_no NULLS FIRST").fetchall() == [
+        (None, "QUARANTINE_THRESHOLD"), (281, "MONTH_MISMATCH"), (291, "MONTH_MISMATCH"),
+        (296, "MONTH_MISMATCH"), (300, "MONTH_MISMATCH")]

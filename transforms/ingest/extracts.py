@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -72,10 +72,32 @@ def parse_extract(dat_path: Path, name: ExtractName, encoding: str, delivery_day
                   *, chunk_bytes: int = CHUNK_BYTES) -> ParsedFile:
     """Parses one delivered extract; `encoding` is the control file's, `delivery_day` its landing folder's."""
     with open(dat_path, "rb") as fh:
-        records, quarantine, count = _parse_stream(fh, name, encoding, delivery_day, chunk_bytes)
+        parsed = join_parts(_parsed_chunks(fh, name, encoding, delivery_day, chunk_bytes),
+                            record_schema(name.kind))
         # Same handle: duplicate lines are re-read from the very file parsed, even if replaced meanwhile.
-        records, duplicates = _split_duplicate_keys(records, name.kind, fh, _CODECS[encoding], chunk_bytes)
-    return ParsedFile(records, _concat([quarantine, duplicates], QUARANTINE_SCHEMA).sort("line_no"), count)
+        records, duplicates = _split_duplicate_keys(parsed.records, name.kind, fh, _CODECS[encoding], chunk_bytes)
+    return ParsedFile(records, _concat([parsed.quarantine, duplicates], QUARANTINE_SCHEMA).sort("line_no"),
+                      parsed.record_count)
+
+
+def parse_extract_parts(dat_path: Path, name: ExtractName, encoding: str, delivery_day: date,
+                        *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[ParsedFile]:
+    """parse_extract in parts following each other in file order (lines numbered in the file, each part's
+    quarantine sorted), for a loader that never holds a big file whole: a kind without a key (BILL) one part per
+    chunk read, a kind with a key one part (its duplicate keys can only be found over the whole file)."""
+    if name.kind in KEYS:
+        yield parse_extract(dat_path, name, encoding, delivery_day, chunk_bytes=chunk_bytes)
+        return
+    with open(dat_path, "rb") as fh:
+        yield from _parsed_chunks(fh, name, encoding, delivery_day, chunk_bytes)
+
+
+def join_parts(parts: Iterable[ParsedFile], schema: dict) -> ParsedFile:
+    """One ParsedFile of parts that follow each other (line numbers already the whole's); `schema` the records'."""
+    parts = list(parts)
+    return ParsedFile(_concat([p.records for p in parts], schema),
+                      _concat([p.quarantine for p in parts], QUARANTINE_SCHEMA),
+                      sum(p.record_count for p in parts))
 
 
 # --- a file in byte ranges (parsed by separate processes: flows.dask) ------------------------------------------
@@ -105,19 +127,22 @@ def parse_extract_range(dat_path: Path, name: ExtractName, encoding: str, delive
         raise ValueError(f"{name.kind} has a key ({KEYS[name.kind]}): parse it whole, not by ranges")
     with open(dat_path, "rb") as fh:
         fh.seek(start)
-        records, quarantine, count = _parse_stream(_Range(fh, end - start), name, encoding, delivery_day,
-                                                   chunk_bytes, at_file_start=start == 0)
-    return ParsedFile(records, quarantine, count)
+        return join_parts(_parsed_chunks(_Range(fh, end - start), name, encoding, delivery_day, chunk_bytes,
+                                         at_file_start=start == 0), record_schema(name.kind))
 
 
 def join_ranges(parts: list[ParsedFile]) -> ParsedFile:
     """The ParsedFile of the whole file from those of its ranges, in file order: line numbers follow on."""
-    records, quarantine, offset = [], [], 0
-    for part in parts:
-        records.append(part.records.with_columns(pl.col("line_no") + offset))
-        quarantine.append(part.quarantine.with_columns(pl.col("line_no") + offset))
+    return join_parts(follow_on(parts), parts[0].records.schema)
+
+
+def follow_on(ranges: Iterable[ParsedFile]) -> Iterator[ParsedFile]:
+    """The parsed ranges of a file (lines numbered within each range), in file order, numbered in the file."""
+    offset = 0
+    for part in ranges:
+        yield ParsedFile(part.records.with_columns(pl.col("line_no") + offset),
+                         part.quarantine.with_columns(pl.col("line_no") + offset), part.record_count)
         offset += part.record_count
-    return ParsedFile(_concat(records, parts[0].records.schema), _concat(quarantine, QUARANTINE_SCHEMA), offset)
 
 
 class _Range:
@@ -131,32 +156,29 @@ class _Range:
         return data
 
 
-def _parse_stream(fh, name: ExtractName, encoding: str, delivery_day: date, chunk_bytes: int,
-                  at_file_start: bool = True) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Records, quarantine (without duplicate keys) and the number of lines of what `fh` reads."""
+def _parsed_chunks(fh, name: ExtractName, encoding: str, delivery_day: date, chunk_bytes: int,
+                   at_file_start: bool = True) -> Iterator[ParsedFile]:
+    """What `fh` reads, parsed block by block (records, quarantine without duplicate keys, sorted), in order."""
     if encoding not in _CODECS:
         raise ValueError(f"unknown encoding {encoding!r}: expected one of {', '.join(_CODECS)}")
     codec = _CODECS[encoding]
     layout = LAYOUTS[name.kind]
     checks = _record_checks(name, delivery_day)
-    record_parts: list[pl.DataFrame] = []
-    quarantine_parts: list[pl.DataFrame] = []
+    no_records = pl.DataFrame(schema=record_schema(name.kind))
     next_line = 1
     for piece in _iter_pieces(fh, chunk_bytes, at_file_start):
         if isinstance(piece, _Overlong):
-            quarantine_parts.append(_bad_lines_frame([_too_long_row(next_line, piece.head, piece.size, codec)]))
+            yield ParsedFile(no_records, _bad_lines_frame([_too_long_row(next_line, piece.head, piece.size, codec)]), 1)
             next_line += 1
             continue
         lines, bad_rows, n_lines = _decode_block(piece, next_line, codec)
-        if bad_rows:
-            quarantine_parts.append(_bad_lines_frame(bad_rows))
+        records, quarantine = no_records, [_bad_lines_frame(bad_rows)]
         if lines is not None:
             records, rejected = _parse_lines(lines, layout, checks)
-            record_parts.append(records)
-            quarantine_parts.append(rejected)
+            quarantine.append(rejected)
+        quarantine = _concat(quarantine, QUARANTINE_SCHEMA)
+        yield ParsedFile(records, quarantine.sort("line_no") if bad_rows else quarantine, n_lines)
         next_line += n_lines
-    return (_concat(record_parts, record_schema(name.kind)), _concat(quarantine_parts, QUARANTINE_SCHEMA),
-            next_line - 1)
 
 
 def _concat(parts: list[pl.DataFrame], schema: dict) -> pl.DataFrame:

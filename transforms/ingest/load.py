@@ -8,7 +8,7 @@ same file name replaced it). Loading the same delivery twice changes nothing.
 from __future__ import annotations
 
 from fractions import Fraction
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ import polars as pl
 
 from transforms.core.calendar import parse_day
 from transforms.ingest.control import FileRejected, read_control, verify_control
-from transforms.ingest.extracts import ParsedFile, parse_extract, read_lines
+from transforms.ingest.extracts import QUARANTINE_SCHEMA, ParsedFile, parse_extract, parse_extract_parts, read_lines
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import ExtractName, field_names, parse_extract_name
 from transforms.quality.gates import GateFailed, gate_raw_file
@@ -27,7 +27,8 @@ from transforms.warehouse.db import first_row, scalar, transaction
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 OnRecord = Callable[[duckdb.DuckDBPyConnection, Delivery, str], None]
 RecordCheck = Callable[[ExtractName, pl.DataFrame], pl.DataFrame]
-Parse = Callable[[Path, ExtractName, str, date], ParsedFile]  # a delivered file, its encoding and day -> parsed
+# a delivered file, its encoding and day -> its parsed parts in file order (extracts.parse_extract_parts)
+Parse = Callable[[Path, ExtractName, str, date], Iterable[ParsedFile]]
 _RAW_TABLE = {"BILL": "raw.bill", "SUSP": "raw.susp", "REDEEM": "raw.redeem", "OVERRIDE": "raw.override"}
 # Keys unique across all deliveries (extracts.md); None = no key.
 _CROSS_FILE_KEY = {"SUSP": "event_id", "REDEEM": "txn_id"}
@@ -61,12 +62,12 @@ class IngestResult:
 def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delivery, run_id: str,
                     max_quarantine_share: float = DEFAULT_MAX_QUARANTINE_SHARE,
                     results_dir: Path | None = None, on_record: OnRecord | None = None,
-                    check_records: RecordCheck | None = None, parse: Parse = parse_extract) -> IngestResult:
+                    check_records: RecordCheck | None = None, parse: Parse = parse_extract_parts) -> IngestResult:
     """Loads one delivered file in one transaction (see module docstring for the outcomes). `on_record(con,
     delivery, status)` runs inside the transaction that records the outcome, for what must commit with it;
     `check_records(name, records)` returns quarantine rows (line_no, reason, detail) for valid records
     that the run's own rules refuse (an override naming a tier its pack does not have). `parse` reads the file
-    (extracts.parse_extract, or the same in byte ranges on other processes: runs.shards.parse_on_shards)."""
+    in parts (extracts.parse_extract_parts, or in byte ranges on other processes: runs.shards.parse_on_shards)."""
     name = delivery.name
     current = first_row(
         con, "SELECT day, md5, status, byte_size FROM ops.delivery WHERE file_name = ? "
@@ -86,23 +87,46 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     if current is not None and current[0] == delivery.day and current[1] == md5:
         return IngestResult(name.file_name, delivery.day, "UNCHANGED")
 
-    parsed = parse(delivery.dat_path, name, control.encoding, delivery.day)
-    if check_records:
-        parsed = _quarantined_too(parsed, check_records(name, parsed.records), delivery, control.encoding)
-    try:
-        _check_counts(parsed, control, max_quarantine_share)
-    except FileRejected as rejected:
-        return _reject(con, home, delivery, run_id, rejected, on_record, control, md5, parsed)
+    tally = _Tally()
     try:
         with transaction(con, "ingest"):
-            orphans, quarantined, loaded, carried = _load(con, home, delivery, parsed, control, md5, run_id)
+            orphans, loaded, carried = _load(con, home, delivery, control, md5, run_id, tally,
+                                             parse(delivery.dat_path, name, control.encoding, delivery.day),
+                                             check_records, max_quarantine_share)
             gate_raw_file(con, name.file_name, results_dir).raise_if_failed()  # gate 1, inside the load
             if on_record:
                 on_record(con, delivery, "LOADED")
+    except FileRejected as rejected:  # counts or quarantine share: the load is rolled back
+        return _reject(con, home, delivery, run_id, rejected, on_record, control, md5, tally.quarantine(False))
     except GateFailed as failed:  # gate 1 failed: the load is rolled back and the file rejected whole
         return _reject(con, home, delivery, run_id, FileRejected(name.file_name, "GATE_FAILED", str(failed)),
-                       on_record, control, md5, parsed)
-    return IngestResult(name.file_name, delivery.day, "LOADED", loaded, quarantined, orphans, carried_forward=carried)
+                       on_record, control, md5, tally.quarantine(False))
+    return IngestResult(name.file_name, delivery.day, "LOADED", loaded, tally.quarantined, orphans,
+                        carried_forward=carried)
+
+
+class _Tally:
+    """What the parts of a file held so far: lines and quarantine rows (kept for a rejection; loaded records are
+    not kept). The quarantine share is that of the file's own defects, without repeats of other files' keys."""
+    def __init__(self):
+        self.record_count, self._defects, self._repeats = 0, [], []
+
+    def add(self, part: ParsedFile, repeats: pl.DataFrame) -> None:
+        self.record_count += part.record_count
+        self._defects.append(part.quarantine)
+        self._repeats.append(repeats)
+
+    @property
+    def defects(self) -> int:
+        return sum(q.height for q in self._defects)
+
+    @property
+    def quarantined(self) -> int:
+        return self.defects + sum(q.height for q in self._repeats)
+
+    def quarantine(self, repeats: bool = True) -> pl.DataFrame:
+        """The quarantine rows (a rejected file's: its defects only, nothing of it was in the warehouse)."""
+        return pl.concat([pl.DataFrame(schema=QUARANTINE_SCHEMA), *self._defects, *(self._repeats if repeats else [])])
 
 
 def _seen_before(delivery: Delivery, control, current) -> bool:
@@ -131,47 +155,52 @@ def record_text(records: pl.DataFrame) -> pl.Expr:
                           if c not in ("line_no", "file_name")], separator="|")
 
 
-def _load(con, home: Path, delivery: Delivery, parsed: ParsedFile, control, md5: str, run_id: str):
-    """Replaces any older delivery of the file by this one: raw rows, quarantine and the delivery record."""
+def _load(con, home: Path, delivery: Delivery, control, md5: str, run_id: str, tally: _Tally,
+          parts: Iterable[ParsedFile], check_records: RecordCheck | None, max_quarantine_share: float):
+    """Replaces any older delivery of the file by this one: raw rows part by part, then quarantine and the
+    delivery record once the counts check out (FileRejected otherwise: the caller rolls back)."""
     name = delivery.name
     _supersede(con, name.file_name)
-    records, cross_dupes = _drop_cross_file_duplicates(con, name, parsed.records)
-    quarantine = pl.concat([parsed.quarantine, cross_dupes], how="vertical")
-    carried = 0
-    if name.kind == "ACCT":
-        carried = _load_snapshot(con, home, delivery, records, quarantine)
-        orphans = 0
-    else:
-        _load_records(con, name, records)
-        orphans = _count_orphans(con, records)
-    _insert_quarantine(con, delivery, quarantine, run_id)
-    _insert_delivery(con, home, delivery, control, md5, records.height, quarantine.height, orphans,
+    loaded = carried = 0
+    for part in parts:
+        if check_records:
+            part = _quarantined_too(part, check_records(name, part.records), delivery, control.encoding)
+        records, repeats = _drop_cross_file_duplicates(con, name, part.records)
+        if name.kind == "ACCT":  # a kind with a key comes in one part (extracts.parse_extract_parts)
+            carried = _load_snapshot(con, home, delivery, records, pl.concat([part.quarantine, repeats]))
+        else:
+            _load_records(con, name, records)
+        tally.add(part, repeats)
+        loaded += records.height
+    _check_counts(tally, control, max_quarantine_share)
+    orphans = 0 if name.kind == "ACCT" else _count_orphans(con, name)
+    _insert_quarantine(con, delivery, tally.quarantine(), run_id)
+    _insert_delivery(con, home, delivery, control, md5, loaded, tally.quarantined, orphans,
                      "LOADED", None, run_id, carried)
-    return orphans, quarantine.height, records.height, carried
+    return orphans, loaded, carried
 
 
-def _check_counts(parsed: ParsedFile, control, max_share: float) -> None:
-    if parsed.record_count != control.record_count:
+def _check_counts(tally: _Tally, control, max_share: float) -> None:
+    if tally.record_count != control.record_count:
         raise FileRejected(control.file_name, "RECORD_COUNT_MISMATCH",
-                           f"{parsed.record_count} records delivered, control file says {control.record_count}")
-    bad = parsed.quarantine.height
+                           f"{tally.record_count} records delivered, control file says {control.record_count}")
     share = Fraction(str(max_share))  # exact: 1 bad line in 100 is not over 1%
-    if bad * share.denominator > parsed.record_count * share.numerator:
+    if tally.defects * share.denominator > tally.record_count * share.numerator:
+        first = tally.quarantine().row(0, named=True)
         raise FileRejected(control.file_name, "QUARANTINE_THRESHOLD",
-                           f"{bad} of {parsed.record_count} records quarantined "
-                           f"(more than {max_share:.1%}); first: line {parsed.quarantine['line_no'][0]} "
-                           f"{parsed.quarantine['reason'][0]}")
+                           f"{tally.defects} of {tally.record_count} records quarantined "
+                           f"(more than {max_share:.1%}); first: line {first['line_no']} {first['reason']}")
 
 
 def _reject(con, home, delivery: Delivery, run_id: str, rejected: FileRejected, on_record: OnRecord | None,
-            control=None, md5=None, parsed: ParsedFile | None = None) -> IngestResult:
+            control=None, md5=None, quarantine: pl.DataFrame | None = None) -> IngestResult:
     """Records a whole-file rejection; line-level findings are kept too so the sender can fix the file."""
     with transaction(con, "ingest"):
         file_row = pl.DataFrame({"line_no": [None], "raw_text": [None], "reason": [rejected.reason],
                                  "detail": [rejected.detail]},
                                 schema={"line_no": pl.Int64, "raw_text": pl.Utf8, "reason": pl.Utf8,
                                         "detail": pl.Utf8})
-        lines = parsed.quarantine if parsed is not None else file_row.clear()
+        lines = quarantine if quarantine is not None else file_row.clear()
         _insert_quarantine(con, delivery, pl.concat([file_row, lines]), run_id)
         _insert_delivery(con, home, delivery, control, md5, 0, lines.height, 0, "REJECTED",
                          f"{rejected.reason}: {rejected.detail}", run_id)
@@ -235,15 +264,11 @@ def _load_records(con, name: ExtractName, records: pl.DataFrame) -> None:
     con.unregister("incoming")
 
 
-def _count_orphans(con, records: pl.DataFrame) -> int:
+def _count_orphans(con, name: ExtractName) -> int:
     """Subscribers no snapshot knows: kept, reported, and ignored by grading (which joins the snapshot)."""
-    if records.height == 0:
-        return 0
-    con.register("incoming_subs", records.select("subs_id").unique())
-    n = scalar(con, "SELECT count(*) FROM incoming_subs i WHERE NOT EXISTS "
-                    "(SELECT 1 FROM raw.subscriber_history h WHERE h.subs_id = i.subs_id)")
-    con.unregister("incoming_subs")
-    return int(n)
+    return int(scalar(con, f"""
+        SELECT count(DISTINCT subs_id) FROM {_RAW_TABLE[name.kind]} r WHERE file_name = ? AND NOT EXISTS
+            (SELECT 1 FROM raw.subscriber_history h WHERE h.subs_id = r.subs_id)""", [name.file_name]))
 
 
 def _insert_quarantine(con, delivery: Delivery, quarantine: pl.DataFrame, run_id: str) -> None:

@@ -19,14 +19,14 @@ from transforms.deliver.sets import nightly_sets
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import REVOKED_TIER, ExtractName
-from transforms.ingest.extracts import parse_extract
+from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.load import IngestResult, Parse, ingest_delivery
 from transforms.runs.owed import PUBLISH, owe, owe_files, owed_folder
 
 
 def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery], run_id: str,
            channels: list[Channel], pack_for: Callable[[Month], RulePack | None], max_quarantine_share: float,
-           results_dir: Path | None, parse: Parse = parse_extract) -> list[IngestResult]:
+           results_dir: Path | None, parse: Parse = parse_extract_parts) -> list[IngestResult]:
     """Loads each delivery in order; `pack_for(month)` is the pack in force for a grading month (None before its
     first version); `parse` reads a file (load.ingest_delivery)."""
     def on_record(con, delivery: Delivery, status: str) -> None:

@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass, fields
 from datetime import date
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import duckdb
 import polars as pl
@@ -41,7 +41,7 @@ from transforms.grade.engine import rank_table
 from transforms.grade.grading import Graded, GradingInputs, grade
 from transforms.grade.points import PointsMonth, apply_points_to_totals
 from transforms.grade.rulepack import RulePack
-from transforms.ingest.extracts import ParsedFile, join_ranges, line_ranges, parse_extract, parse_extract_range
+from transforms.ingest.extracts import ParsedFile, follow_on, line_ranges, parse_extract_parts, parse_extract_range
 from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
@@ -266,20 +266,21 @@ class RangeWork:
 
 
 def parse_on_shards(shards: Callable[[], ShardMap], dat_path: Path, name: ExtractName, encoding: str,
-                    delivery_day: date) -> ParsedFile:
-    """extracts.parse_extract of a delivered file, a BILL file in byte ranges parsed by the shards of
-    `shards()` (called only then: it may start a cluster), one range each: the same records and quarantine
-    rows. A kind with a key is parsed here, whole: its duplicate keys can only be found over the whole file
-    (and it is small next to BILL)."""
+                    delivery_day: date) -> Iterator[ParsedFile]:
+    """extracts.parse_extract_parts of a delivered file, a BILL file in byte ranges parsed by the shards of
+    `shards()` (called only then: it may start a cluster), one range each, read back one at a time: the same
+    records and quarantine rows. A kind with a key is parsed here, whole: its duplicate keys can only be found
+    over the whole file (and it is small next to BILL)."""
     if name.kind in KEYS:
-        return parse_extract(dat_path, name, encoding, delivery_day)
+        yield from parse_extract_parts(dat_path, name, encoding, delivery_day)
+        return
     run = shards()
     work = RangeWork(run.folder / "bill", dat_path, name, encoding, delivery_day,
                      tuple(line_ranges(dat_path, run.count)))
     counts = run("bill", work)
-    return join_ranges([ParsedFile(pl.read_parquet(work.output_path("records", k)),
-                                   pl.read_parquet(work.output_path("quarantine", k)), counts[k])
-                        for k in range(work.count)])
+    yield from follow_on(ParsedFile(pl.read_parquet(work.output_path("records", k)),
+                                    pl.read_parquet(work.output_path("quarantine", k)), counts[k])
+                         for k in range(work.count))
 
 
 def parse_range(work: RangeWork, part: int, limits: ShardLimits) -> int:
