@@ -168,6 +168,34 @@ def test_each_change_list_has_the_published_changes(page, data, published):
         "D", "DOWNGRADE", "STAR6", "六星", "STAR1", "一星", "4110", "", "AVG6"]
 
 
+def test_a_long_change_list_goes_beside_the_page_and_back_in_when_short(home, tmp_path, monkeypatch, published):
+    """Over EMBEDDED_LIST_ROWS a list is a CSV file beside the page, linked by its name (a first graded month at
+    10M would embed 8M NEW); the page still shows its first LIST_ROWS rows. Short again, it is embedded and the
+    file it left goes."""
+    import transforms.report.monthly as figures
+    import transforms.report.monthly_page as page_module
+    monkeypatch.setattr(page_module, "EMBEDDED_LIST_ROWS", 1)
+    monkeypatch.setattr(figures, "LIST_ROWS", 1)
+    page = write_report(home, JUL, tmp_path / "long.html").read_text(encoding="utf-8")
+    embedded = csv_links(page)
+    for change_type, by_hand in CHANGES_BY_HAND.items():
+        file = f"tierflow-2026-07-{change_type.lower()}.csv"
+        beside = tmp_path / file
+        assert beside.exists() == (len(by_hand) > 1) == (file not in embedded), change_type
+        text = beside.read_text(encoding="utf-8") if beside.exists() else "\ufeff" + embedded[file]
+        assert text.startswith("\ufeff")
+        assert [r[0] for r in csv.reader(io.StringIO(text.removeprefix("\ufeff")))][1:] == by_hand
+        if beside.exists():
+            assert f'href="{file}" download="{file}"' in page
+            assert oct(beside.stat().st_mode & 0o777) == "0o640"
+        section = page[page.index(f'id="list-{change_type.lower()}"'):]
+        section = section[:section.index("</table>")]
+        assert [s for s in by_hand if f'<td class="text">{s}</td>' in section] == by_hand[:1]
+    monkeypatch.setattr(page_module, "EMBEDDED_LIST_ROWS", 20_000)
+    page = write_report(home, JUL, tmp_path / "long.html").read_text(encoding="utf-8")
+    assert not list(tmp_path.glob("*.csv")) and len(csv_links(page)) == 1 + len(CHANGES_BY_HAND)
+
+
 def test_changes_by_region_and_manager_add_up_to_the_lists(data, published):
     expected = published.execute("""SELECT region_code, change_type, count(*) FROM mart.grade_change
                                     WHERE grade_month = ? GROUP BY ALL""", [JUL.first_day]).fetchall()

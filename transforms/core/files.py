@@ -7,6 +7,7 @@ most a hidden leftover that the next write of the same file removes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from transforms.core.faults import fault_point
@@ -103,8 +104,16 @@ def commit(tmp: Path, path: Path, kind: str) -> None:
 
 def write_atomic(path: Path, data: bytes, kind: str, mode: int = FILE_MODE) -> Path:
     """Puts `data` at `path` atomically and durably (`kind`: see commit)."""
+    return write_atomic_blocks(path, [data], kind, mode)
+
+
+def write_atomic_blocks(path: Path, blocks: Iterable[bytes], kind: str, mode: int = FILE_MODE) -> Path:
+    """write_atomic of the bytes `blocks` yield one after the other, never all held at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    commit(write_aside(path, data, mode), path, kind)
+    def write(fd: int) -> None:
+        for block in blocks:
+            _write_all(fd, block)
+    commit(_aside(path, mode, write), path, kind)
     return path
 
 

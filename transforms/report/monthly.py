@@ -8,6 +8,7 @@ transforms.report.monthly_page.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from transforms.grade.rulepack import PackError, RulePack
 from transforms.runs.publish import published_path
 from transforms.warehouse.db import first_row
 
+LIST_ROWS = 100     # changes of each type shown on the page; its CSV holds them all
+CHANGE_COLUMNS = "subs_id, change_type, from_tier, to_tier, region_code, manager_id, reason"
 CHANGE_LABELS = {"NEW": "新增", "UPGRADE": "升级", "DOWNGRADE": "降级", "LOST": "不符合资格"}
 DOWNGRADE_RISK = "DOWNGRADE_RISK"
 # What a gate of the run ledger shows; its results_path is left out (it names the run).
@@ -49,7 +52,8 @@ class MonthlyFigures:
     labels: dict[str, str]     # tier code -> label (一星 ...)
     distribution: list[dict]   # month, tier, subscribers: every graded month up to M, non-zero pairs
     migration: list[dict]      # from_tier (M-1), to_tier (M), subscribers: every pair of tiers, unchanged included
-    changes: list[dict]        # subs_id, change_type, from_tier, to_tier, region_code, manager_id, reason
+    changes: list[dict]        # the first LIST_ROWS of each change type (subs_id order): CHANGE_COLUMNS
+    change_counts: dict[str, int]  # change type -> subscribers, every type
     by_region: list[dict]      # region_code, change_type, subscribers
     by_manager: list[dict]     # manager_id, change_type, subscribers
     points: dict               # liability, expiring_next_month, subscribers_expiring
@@ -57,6 +61,7 @@ class MonthlyFigures:
     quality: Quality
 
     def changes_of(self, change_type: str) -> list[dict]:
+        """The first LIST_ROWS changes of a type (all of them: change_list_batches)."""
         return [c for c in self.changes if c["change_type"] == change_type]
 
 
@@ -72,9 +77,12 @@ def monthly_figures(con: duckdb.DuckDBPyConnection, month: Month) -> MonthlyFigu
     name, version = graded_pack(con, month)
     pack = pack_of(month, name, version)
     params = {"m": month.first_day}
-    changes = _dicts(con, """
-        SELECT subs_id, change_type, from_tier, to_tier, region_code, manager_id, reason FROM mart.grade_change
-        WHERE grade_month = $m ORDER BY subs_id""", params)
+    changes = _dicts(con, f"""
+        SELECT {CHANGE_COLUMNS} FROM mart.grade_change WHERE grade_month = $m
+        QUALIFY row_number() OVER (PARTITION BY change_type ORDER BY subs_id) <= $rows""",
+                     {**params, "rows": LIST_ROWS})
+    counts = dict(con.execute("SELECT change_type, count(*) FROM mart.grade_change WHERE grade_month = $m "
+                              "GROUP BY ALL", params).fetchall())
     distribution = distribution_up_to(con, month)
     migration = migration_of(con, month, pack.unrated)
     tiers = tier_order(pack, {r["tier"] for r in distribution} | {r["from_tier"] for r in migration}
@@ -85,9 +93,20 @@ def monthly_figures(con: duckdb.DuckDBPyConnection, month: Month) -> MonthlyFigu
         distribution=sorted(distribution, key=lambda r: (r["month"], tiers.index(r["tier"]))),
         migration=full_grid(migration, tiers),
         changes=sorted(changes, key=lambda c: (CHANGE_TYPES.index(c["change_type"]), c["subs_id"])),
+        change_counts={t: counts.get(t, 0) for t in CHANGE_TYPES},
         by_region=changes_by(con, month, "region_code"), by_manager=changes_by(con, month, "manager_id"),
         points=points_of(con, month), downgrade_risk=downgrade_risk(con, month, tiers),
         quality=quality_of(con, month))
+
+
+def change_list_batches(con: duckdb.DuckDBPyConnection, month: Month, change_type: str,
+                        batch_rows: int = 100_000) -> Iterator[list[tuple]]:
+    """Every change of a type in M (CHANGE_COLUMNS, subs_id order), a batch of rows at a time: a first graded
+    month at 10M holds 8M NEW."""
+    cursor = con.execute(f"SELECT {CHANGE_COLUMNS} FROM mart.grade_change WHERE grade_month = ? AND change_type = ? "
+                         "ORDER BY subs_id", [month.first_day, change_type])
+    while rows := cursor.fetchmany(batch_rows):
+        yield rows
 
 
 def graded_pack(con: duckdb.DuckDBPyConnection, month: Month) -> tuple[str, str]:

@@ -3,23 +3,27 @@ transforms.report.monthly drawn with plotly and laid out by the Jinja2 template 
 
 One self-contained file: plotly.js inlined once, the change lists embedded as CSV data: links, and the figures
 as a JSON block (`<script type="application/json" id="report-data">`) for whoever checks the page against the
-warehouse. Same published data, same bytes.
+warehouse. Same published data, same bytes. A change list longer than EMBEDDED_LIST_ROWS is written beside the
+page instead (`tierflow-YYYY-MM-<type>.csv`, linked by its name): embedded, a first graded month at 10M made a
+679 MB page that no browser opens.
 """
 from __future__ import annotations
 
 import dataclasses
+from itertools import chain
 from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
 from transforms.core.calendar import Month
-from transforms.core.files import write_atomic
-from transforms.report.monthly import CHANGE_LABELS, CHANGE_TYPES, MonthlyFigures, monthly_figures, open_published
-from transforms.report.pages import chart, csv_data_uri, csv_text, heat_map, json_block, render
+from transforms.core.files import write_atomic, write_atomic_blocks
+from transforms.report.monthly import (CHANGE_LABELS, CHANGE_TYPES, MonthlyFigures, change_list_batches,
+                                       monthly_figures, open_published)
+from transforms.report.pages import CSV_BOM, chart, csv_data_uri, csv_lines, csv_text, heat_map, json_block, render
 
 REPORTS_DIR = "reports"
-LIST_ROWS = 100     # rows of each change list shown on the page; its CSV holds them all
+EMBEDDED_LIST_ROWS = 20_000  # a longer change list goes beside the page (about 2 MB of base64 at this size)
 MANAGER_ROWS = 30   # account managers shown (most changes first); the CSV holds every manager
 NONE_LABEL = "(none)"  # a subscriber without region or account manager in the snapshot
 CHANGE_COLOURS = {"NEW": "#4c78a8", "UPGRADE": "#54a24b", "DOWNGRADE": "#e45756", "LOST": "#9d9d9d"}
@@ -34,24 +38,26 @@ def default_report_path(home: Path, month: Month) -> Path:
 
 def write_report(home: Path, month: Month, out: Path | None = None) -> Path:
     """Reads the published copy of `home`, writes the report of M (atomically) to `out` or
-    <home>/reports/<YYYYMM>.html; returns the path."""
+    <home>/reports/<YYYYMM>.html, its long change lists beside it; returns the page's path."""
+    path = Path(out) if out else default_report_path(home, month)
     con = open_published(home)
     try:
         figures = monthly_figures(con, month)
+        lists = change_lists(con, figures, path.parent)
     finally:
         con.close()
-    path = Path(out) if out else default_report_path(home, month)
-    return write_atomic(path, html_page(figures).encode("utf-8"), "report")
+    return write_atomic(path, html_page(figures, lists).encode("utf-8"), "report")
 
 
-def html_page(fig: MonthlyFigures) -> str:
+def html_page(fig: MonthlyFigures, lists: list[dict]) -> str:
+    """The page of the figures, with the change lists of change_lists."""
     regions, risk = pivot(fig.by_region, "region_code"), risk_table(fig)
     return render("monthly.html", fig=fig, data=json_block(page_data(fig)), labels=fig.labels,
                   change_types=[(t, CHANGE_LABELS[t]) for t in CHANGE_TYPES],
                   distribution_chart=distribution_chart(fig), migration_chart=migration_chart(fig),
                   region_chart=region_chart(regions) if regions else None,
                   risk_chart=risk_chart(fig, risk) if risk["rows"] else None,
-                  regions=regions, managers=manager_table(fig), change_lists=change_lists(fig), risk=risk,
+                  regions=regions, managers=manager_table(fig), change_lists=lists, risk=risk,
                   gates=gate_rows(fig))
 
 
@@ -59,7 +65,7 @@ def page_data(fig: MonthlyFigures) -> dict:
     """The figures shown, as the page's JSON block: everything but the change lists, which are counted (they
     are on the page and in the CSV links)."""
     data = dataclasses.asdict(fig)
-    data["changes"] = {t: len(fig.changes_of(t)) for t in CHANGE_TYPES}
+    data["changes"] = data.pop("change_counts")
     return data
 
 
@@ -130,22 +136,34 @@ def manager_table(fig: MonthlyFigures) -> dict:
             "file": f"tierflow-{fig.month}-managers.csv"}
 
 
-def change_lists(fig: MonthlyFigures) -> list[dict]:
-    """One list per change type: its rows shown (the first LIST_ROWS) and all of them as a CSV link."""
+def change_lists(con, fig: MonthlyFigures, folder: Path) -> list[dict]:
+    """One list per change type: its first rows shown and all of them as a CSV, embedded as a data: link up to
+    EMBEDDED_LIST_ROWS, else written to `folder` (the page's) and linked by name. A list embedded now removes
+    the file an earlier, longer version of it left there."""
     lists = []
     for change_type in CHANGE_TYPES:
-        rows = fig.changes_of(change_type)
-        lists.append({"type": change_type, "label": CHANGE_LABELS[change_type], "count": len(rows),
-                      "rows": rows[:LIST_ROWS], "csv": csv_data_uri(list_csv(fig, rows)),
-                      "file": f"tierflow-{fig.month}-{change_type.lower()}.csv"})
+        count, file = fig.change_counts[change_type], f"tierflow-{fig.month}-{change_type.lower()}.csv"
+        blocks = list_csv(fig, change_list_batches(con, Month.parse(fig.month), change_type))
+        beside = count > EMBEDDED_LIST_ROWS
+        if beside:
+            write_atomic_blocks(folder / file, (b.encode("utf-8") for b in chain([CSV_BOM], blocks)), "report")
+        else:
+            (folder / file).unlink(missing_ok=True)
+        lists.append({"type": change_type, "label": CHANGE_LABELS[change_type], "count": count,
+                      "rows": fig.changes_of(change_type), "beside": beside,
+                      "csv": file if beside else csv_data_uri("".join(blocks)), "file": file})
     return lists
 
 
-def list_csv(fig: MonthlyFigures, rows: list[dict]) -> str:
-    """A change list without personal data: subs_id, the tiers (code and label), region, manager, reason."""
-    return csv_text(LIST_HEADER, ([r["subs_id"], r["change_type"], r["from_tier"], fig.labels[r["from_tier"]],
-                                   r["to_tier"], fig.labels[r["to_tier"]], r["region_code"] or "",
-                                   r["manager_id"] or "", r["reason"]] for r in rows))
+def list_csv(fig: MonthlyFigures, batches):
+    """A change list without personal data, as CSV text a block per batch of rows: subs_id, the tiers (code and
+    label), region, manager, reason."""
+    labels = fig.labels
+    yield csv_lines([LIST_HEADER])
+    for rows in batches:
+        yield csv_lines([subs_id, change_type, from_tier, labels[from_tier], to_tier, labels[to_tier],
+                         region or "", manager or "", reason]
+                        for subs_id, change_type, from_tier, to_tier, region, manager, reason in rows)
 
 
 def risk_table(fig: MonthlyFigures) -> dict:

@@ -68,14 +68,21 @@ def json_block(data) -> Markup:
     return Markup(json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c"))
 
 
+# First in every CSV file a page offers: without it Excel reads the Chinese tier labels as mojibake.
+CSV_BOM = "\ufeff"
+
+
 def csv_text(header: list[str], rows) -> str:
+    return csv_lines([header, *rows])
+
+
+def csv_lines(rows) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([header, *rows])
+    csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
 
 
 def csv_data_uri(text: str) -> str:
-    """A CSV file as a data: URI for a download link (no script needed). A UTF-8 byte order mark comes first:
-    without it Excel reads the Chinese tier labels as mojibake."""
-    payload = base64.b64encode(("\ufeff" + text).encode("utf-8")).decode("ascii")
+    """A CSV file as a data: URI for a download link (no script needed), CSV_BOM first."""
+    payload = base64.b64encode((CSV_BOM + text).encode("utf-8")).decode("ascii")
     return f"data:text/csv;charset=utf-8;base64,{payload}"
