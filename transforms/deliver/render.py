@@ -154,12 +154,16 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
     present and not cancelled in the snapshot before (so one cancellation gives one notice).
 
     The tier held on `day` comes from mart.tier_history (the spell in effect that day): in a nightly run it is
-    mart.tier_current's tier, and a rerun of an old day gives the same answer."""
+    mart.tier_current's tier, and a rerun of an old day gives the same answer. After a first snapshot only the
+    subscribers whose version ended on `day` can be newly cancelled or gone (raw.subscriber_history changes only
+    on snapshot dates): the day's few changes are looked at, not the whole history."""
     previous = scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date < ?", [day])
     return con.sql("""
-        WITH held AS (
+        WITH changed AS (SELECT DISTINCT subs_id FROM raw.subscriber_history WHERE valid_to = $d),
+             held AS (
                 SELECT subs_id, tier FROM mart.tier_history
-                WHERE valid_from <= $d AND (valid_to IS NULL OR valid_to > $d) AND tier <> $unrated),
+                WHERE valid_from <= $d AND (valid_to IS NULL OR valid_to > $d) AND tier <> $unrated
+                  AND (CAST($prev AS DATE) IS NULL OR subs_id IN (SELECT subs_id FROM changed))),
              on_day AS (SELECT subs_id, status AS status_on_day FROM raw.snapshot_as_of($d)
                         SEMI JOIN held USING (subs_id)),
              before AS (SELECT subs_id, status AS status_before FROM raw.snapshot_as_of($prev)

@@ -117,9 +117,9 @@ def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Chann
     sends = [_send(con, c, GATEWAY_OF.get(c.name, c.name), month, NIGHTLY_LOST, c.relpath(month, day)) for c in lost]
 
     def parts(span: SubsRange) -> list[Part]:
-        found = []
+        found, facts = [], lost_facts(con, day, unrated)
         for send in sends:
-            notices = new_notices(lost_facts(con, day, unrated), told_state(_sent(con, send.told_to, month, span)))
+            notices = new_notices(facts, told_state(_sent(con, send.told_to, month, span)))
             found.append((notices.select("subs_id", "from_tier", "to_tier", "change_type",
                                          entitlements_gained=pl.lit([], pl.List(pl.String)),
                                          entitlements_lost=pl.lit([], pl.List(pl.String))), notices))
