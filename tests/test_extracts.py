@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -562,3 +563,28 @@ def test_a_kind_with_a_key_is_never_parsed_in_ranges(tmp_path):
     dat = deliver(tmp_path, "SUSP", [record("SUSP")])
     with pytest.raises(ValueError, match="SUSP has a key"):
         parse_extract_range(dat, parse_extract_name(dat.name), "GBK", DELIVERY_DAY["SUSP"], 0, dat.stat().st_size)
+
+
+def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_with_its_consumer():
+    from transforms.ingest.extracts import read_ahead
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("line 7 of BILL_202601.dat: disk gone")
+    with pytest.raises(ValueError, match="disk gone"):
+        list(read_ahead(failing()))
+
+    produced = []
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+    items = read_ahead(endless(), depth=1)
+    assert [next(items), next(items)] == [0, 1]
+    items.close()                    # the consumer stops: so does the producer, a part or two ahead at most
+    stopped_at = len(produced)
+    time.sleep(0.2)
+    assert stopped_at <= 5 and len(produced) == stopped_at

@@ -26,9 +26,11 @@ A file holding only a BOM has no records.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from queue import Full, Queue
 from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
@@ -89,7 +91,49 @@ def parse_extract_parts(dat_path: Path, name: ExtractName, encoding: str, delive
         yield parse_extract(dat_path, name, encoding, delivery_day, chunk_bytes=chunk_bytes)
         return
     with open(dat_path, "rb") as fh:
-        yield from _parsed_chunks(fh, name, encoding, delivery_day, chunk_bytes)
+        # The next part is parsed while the caller loads this one (Polars and DuckDB release the GIL).
+        yield from read_ahead(_parsed_chunks(fh, name, encoding, delivery_day, chunk_bytes))
+
+
+def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """The items of `items`, produced by a thread up to `depth` items ahead of the consumer. An error in the
+    producer is raised in the consumer; a consumer that stops early stops the producer (and waits for it)."""
+    handed: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(entry, timeout=0.05)
+                return True
+            except Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            put((False, error))
+            return
+        put((False, None))
+
+    producer = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            more, item = handed.get()
+            if more:
+                yield item
+            elif item is None:
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def join_parts(parts: Iterable[ParsedFile], schema: dict) -> ParsedFile:
