@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[home], help="delivered, pending, rejected, graded and stale")
 
-    serve = sub.add_parser("serve", parents=[home],
+    serve = sub.add_parser("serve", parents=[home, cluster],
                            help="run the nightly and monthly schedules on the Prefect server at PREFECT_API_URL")
     serve.add_argument("--nightly-cron", default=None, help='cron of the nightly run (default "30 2 * * *")')
     serve.add_argument("--monthly-cron", default=None, help='cron of the monthly run (default "0 4 5 * *")')
@@ -237,9 +237,12 @@ def cmd_serve(args, home: Path) -> int:
     defaults = Schedules()
     schedules = Schedules(args.nightly_cron or defaults.nightly_cron, args.monthly_cron or defaults.monthly_cron,
                           args.timezone or defaults.timezone)
+    where = (f"; each run on {args.workers} local Dask workers" if args.workers else
+             f"; runs on the Dask cluster at {args.dask_address}" if args.dask_address else "")
     print(f"serving {home}: nightly `{schedules.nightly_cron}`, monthly `{schedules.monthly_cron}` "
-          f"({schedules.timezone}); Ctrl-C or SIGTERM stops after the run in progress", flush=True)
-    serve(home, schedules, on_ready=lambda: print("serve: ready", flush=True))
+          f"({schedules.timezone}){where}; Ctrl-C or SIGTERM stops after the run in progress", flush=True)
+    serve(home, schedules, on_ready=lambda: print("serve: ready", flush=True), workers=args.workers,
+          dask_address=args.dask_address)
     print("serve: stopped", flush=True)
     return 0
 

@@ -24,6 +24,7 @@ from prefect.context import FlowRunContext
 from transforms.runs.shards import STEPS, ShardLimits, parse_on_shards, work_folder
 
 DASK_ADDRESS_ENV = "TIERFLOW_DASK_ADDRESS"
+SERVED_WORKERS_ENV = "TIERFLOW_SERVED_WORKERS"  # `serve --workers N`: each run it starts gets N local workers
 DUCKDB_MEMORY_SHARE = 0.5  # of a worker's memory: the rest is for Polars frames and Parquet buffers
 _registered: list = []  # this worker process's exit handler, once
 _starting: dict[int, threading.Thread] = {}  # task runner -> the thread starting its cluster (start_cluster)
@@ -51,6 +52,14 @@ def on_cluster(flow: Flow, workers: int | None, address: str | None) -> Flow:
         "n_workers": workers, "threads_per_worker": threads, "processes": True, "dashboard_address": None,
         # Polars sizes its pool at import: one worker's share, not the machine
         "env": {"POLARS_MAX_THREADS": str(threads)}}))
+
+
+def served_on_cluster(flow: Flow) -> Flow:
+    """`flow` as a run that `tierflow serve` started takes it: on the cluster serve was given (`--workers N`: a
+    LocalCluster per run; `--dask-address` or TIERFLOW_DASK_ADDRESS: that cluster), else `flow` itself. A served
+    run loads its flow by module path, so flows.pipeline applies this at import, in those processes only."""
+    workers = os.environ.get(SERVED_WORKERS_ENV)
+    return on_cluster(flow, int(workers) if workers else None, None)
 
 
 def start_cluster() -> None:

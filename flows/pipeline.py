@@ -8,6 +8,7 @@ warehouse itself, so tasks can run in other processes and only one of them write
 """
 from __future__ import annotations
 
+import os
 from functools import cache
 from datetime import date, datetime
 from pathlib import Path
@@ -15,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 
-from flows.dask import DaskError, parser_of_run, shards_of_run, start_cluster
-from flows.serve import DEFAULT_TIMEZONE, prepare_served_run
+from flows.dask import DaskError, parser_of_run, served_on_cluster, shards_of_run, start_cluster
+from flows.serve import DEFAULT_TIMEZONE, SERVED_ENV, prepare_served_run
 from transforms.core.calendar import Month, parse_day
 from transforms.core.files import remove_leftovers_under
 from transforms.deliver.channels import load_channels
@@ -337,3 +338,7 @@ def stale_among(home: str, months: list[str], rules: str | None = None) -> list[
                 and not is_current(con, Month.parse(m), pack.version)]
     finally:
         con.close()
+
+
+if os.environ.get(SERVED_ENV):  # a run that `tierflow serve` started: on serve's cluster, if it was given one
+    nightly_flow, monthly_flow, backfill_flow = map(served_on_cluster, (nightly_flow, monthly_flow, backfill_flow))

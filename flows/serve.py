@@ -68,10 +68,21 @@ def deployments(home: Path, schedules: Schedules) -> list:
     ]
 
 
-def serve(home: Path, schedules: Schedules = Schedules(), on_ready=None) -> None:
-    """Registers the deployments and runs them as they come due until SIGINT or SIGTERM."""
+def serve(home: Path, schedules: Schedules = Schedules(), on_ready=None, workers: int | None = None,
+          dask_address: str | None = None) -> None:
+    """Registers the deployments and runs them as they come due until SIGINT or SIGTERM; with `workers` or
+    `dask_address`, each run on that cluster (flows.dask.served_on_cluster)."""
+    from flows.dask import DASK_ADDRESS_ENV, SERVED_WORKERS_ENV, DaskError
+
+    if workers and dask_address:
+        raise DaskError("give either --workers (a cluster on this machine) or --dask-address, not both")
     require_server()
-    os.environ[SERVED_ENV] = "1"  # inherited by each flow-run process (see ignore_interrupts_when_served)
+    # inherited by each flow-run process (prepare_served_run, flows.dask.served_on_cluster)
+    os.environ[SERVED_ENV] = "1"
+    if workers:
+        os.environ[SERVED_WORKERS_ENV] = str(workers)
+    if dask_address:
+        os.environ[DASK_ADDRESS_ENV] = dask_address
     asyncio.run(_serve(deployments(home, schedules), on_ready))
 
 

@@ -1,8 +1,9 @@
-"""`tierflow serve` with real parts: the session's Prefect server (tests/conftest.py), `tierflow serve` as a
-subprocess registering its deployments and schedules, a nightly run triggered through the API that loads a
-BILL and grades its month, and a clean stop."""
+"""`tierflow serve` with real parts: the session's Prefect server (tests/conftest.py), `tierflow serve --workers 2`
+as a subprocess registering its deployments and schedules, a nightly run triggered through the API that loads a
+BILL and grades its month over the shards of a Dask LocalCluster, and a clean stop."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -24,9 +25,9 @@ READY_SECONDS = 120
 class Served:
     """`tierflow serve` running in the background, its output collected line by line."""
 
-    def __init__(self, home: Path, env: dict):
+    def __init__(self, home: Path, env: dict, *options: str):
         self.lines: list[str] = []
-        self.process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--home", str(home)],
+        self.process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--home", str(home), *options],
                                         env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
         threading.Thread(target=self._collect, daemon=True).start()
@@ -52,7 +53,7 @@ def served(tmp_path_factory, prefect_harness, cli_env):
     home = tmp_path_factory.mktemp("served")
     build(home)
     nightly_flow(str(home), "2026-06-30")  # BILL 2026-01..05 loaded, those months processed (no tiers yet)
-    serve = Served(home, cli_env)
+    serve = Served(home, cli_env, "--workers", "2")
     serve.wait_for("serve: ready", READY_SECONDS)
     yield home, serve
     if serve.process.poll() is None:
@@ -87,6 +88,10 @@ def test_a_nightly_run_triggered_through_the_api_loads_the_bill_and_grades_its_m
         assert con.execute("SELECT graded FROM ops.month_state WHERE month = '2026-06-01'").fetchall() == [(True,)]
         assert con.execute("SELECT count(*) FROM mart.tier_assignment WHERE grade_month = '2026-06-01'"
                            ).fetchone() == (106,)
+        # graded over the shards of the cluster serve was given (`--workers 2`), not in the run's process
+        [(timings,)] = con.execute("SELECT timings FROM ops.run_ledger WHERE flow = 'monthly' "
+                                   "AND period = '2026-06' AND status = 'SUCCESS'").fetchall()
+        assert "shards_metrics" in json.loads(timings)["steps"]
     finally:
         con.close()
     assert (home / "outbox" / "boss" / "202606" / "GRADE_CHG_202606.dat").exists()
