@@ -18,6 +18,7 @@ from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.packs import pack_for_month
 from transforms.grade.points import PointsMonth, apply_points_to_totals
 from transforms.runs.shards import InProcess, grade_on_shards, points_on_shards
+from transforms.warehouse.ranges import EVERYONE, SubsRange
 from transforms.synth.generate import generate_province
 from transforms.warehouse import inputs
 from transforms.warehouse.db import connect, snapshot_date_for
@@ -59,10 +60,19 @@ def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, p
     try:
         pack, previous = pack_for_month(pack_name, month), pack_for_month("six-star", month - 1)
         expected_inputs, expected = local_grading(con, month, pack, previous)
-        metrics, overrides, graded = grade_on_shards(con, month, snapshot_date_for(con, month), pack, previous,
-                                                     InProcess(count, tmp_path))
+        sharded = grade_on_shards(con, month, snapshot_date_for(con, month), pack, previous,
+                                  InProcess(count, tmp_path))
+        metrics, overrides, graded = sharded.of(EVERYONE)
+        # read back range by range (as the monthly run writes them): the same rows, range after range
+        spans = [SubsRange(None, "S0000000040"), SubsRange("S0000000040", "S0000000077"), SubsRange("S0000000077")]
+        in_ranges = [sharded.of(span) for span in spans]
     finally:
         con.close()
+    assert all(part[0].height for part in in_ranges)
+    assert pl.concat([part[0] for part in in_ranges]).equals(metrics)
+    assert pl.concat([part[1] for part in in_ranges]).equals(overrides)
+    for name in ("assignment", "changes", "entitlement_changes"):
+        assert pl.concat([getattr(part[2], name) for part in in_ranges]).equals(getattr(graded, name)), name
     assert expected.changes.height > 0
     assert expected_inputs.overrides.height == (3 if month == Month(2025, 7) else 0)
     assert metrics.equals(expected_inputs.metrics)
@@ -126,7 +136,7 @@ def test_each_month_of_history_is_exported_once_and_again_when_the_month_is_run_
 
     def graded_by(run_id: str):
         metrics, _, graded = grade_on_shards(con, july, snapshot_date_for(con, july), pack, pack,
-                                             InProcess(2, home_copy / "work" / run_id))
+                                             InProcess(2, home_copy / "work" / run_id)).of()
         expected_inputs, expected = local_grading(con, july, pack, pack)
         assert metrics.equals(expected_inputs.metrics) and graded.assignment.equals(expected.assignment)
         return {p.name: p.stat().st_mtime_ns for p in history.iterdir()}

@@ -42,7 +42,7 @@ from transforms.runs.month_state import (MonthlyError, check_ordering, record_mo
                                          window_complete)
 from transforms.warehouse import inputs
 from transforms.warehouse.db import snapshot_date_for, transaction
-from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
+from transforms.warehouse.ranges import SubsRange, subscriber_ranges
 from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebuild_tier_history, write_grade_change,
                                         write_points, write_points_expiring, write_subscriber_month,
                                         write_tier_assignment, write_tier_summary)
@@ -156,9 +156,9 @@ def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot:
            shards: ShardMap | None, steps: StepTimer, spans: list[SubsRange]) -> MonthlyResult:
     if shards is None:
         parts = graded_by_range(con, month, pack, previous_pack, snapshot, spans)
-    else:
-        metrics, overrides, graded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards, steps)
-        parts = [(EVERYONE, metrics, overrides, graded)]
+    else:  # the same ranges, read from the shards' outputs
+        sharded = grade_on_shards(con, month, snapshot, pack, previous_pack, shards, steps)
+        parts = ((span, *sharded.of(span)) for span in spans)
     subscribers, changes, tiers = 0, [], []  # per range: (change_type, len), (tier, len)
     for span, metrics, overrides, graded in parts:
         write_tier_assignment(con, month, pack.version, metrics, graded.assignment, overrides, span)

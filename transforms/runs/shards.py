@@ -13,8 +13,9 @@ in-memory DuckDB and writes its results there; only the driver reads them back a
   shards  metrics   inputs.grading_metrics over the shard's rows, the same SQL as the local path
   driver  ranks     the rank table over the union of the metrics (rank packs only: a rank needs everyone)
   shards  grade     grading.grade with the shard's ranks: tiers, tags, changes, entitlement changes
-  driver  gather    the union sorted by subs_id: the very frames the local path grades, so every mart table and
-                    channel file is the same with and without shards
+  driver  gather    range by range of subscribers (warehouse.ranges), the union of the shards' rows in the range
+                    sorted by subs_id: the very frames the local path grades and writes for that range, so every
+                    mart table and channel file is the same with and without shards
 
 What runs a step for every shard is the caller's (a ShardMap): in order in this process (InProcess), or as
 Prefect tasks on a Dask cluster (flows.dask). A step only reads its inputs and replaces its own output files, so
@@ -45,6 +46,7 @@ from transforms.ingest.extracts import ParsedFile, follow_on, line_ranges, parse
 from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
+from transforms.warehouse.ranges import EVERYONE, SubsRange
 from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 
 GRADED = ("assignment", "changes", "entitlement_changes")  # what the grade step writes, a frame of Graded each
@@ -108,12 +110,24 @@ def remove_work_folder(home: Path, run_id: str) -> None:
 
 # --- driver ----------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ShardGrading:
+    """M graded on shards: the shards' outputs on disk, read back one range of subscribers at a time."""
+    work: ShardWork
+    overrides: pl.DataFrame  # M's active overrides (a few rows)
+
+    def of(self, span: SubsRange = EVERYONE) -> tuple[pl.DataFrame, pl.DataFrame, Graded]:
+        """(metrics, overrides, graded) of the subscribers in `span`: the frames the local path grades and writes
+        for that range (graded_by_range), however the subscribers fall into shards."""
+        return (_gather(self.work, "metrics", span), span.of(self.overrides),
+                Graded(*(_gather(self.work, name, span) for name in GRADED)))
+
+
 def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack,
-                    previous_pack: RulePack, run: ShardMap,
-                    steps: StepTimer | None = None) -> tuple[pl.DataFrame, pl.DataFrame, Graded]:
-    """The grading of M as the local path does it, over run.count shards: the metrics and overrides of M (what
-    the marts are written with besides the result) and what grading.grade returns. `steps` times each phase
-    (shards_export, shards_metrics, shards_ranks, shards_grade, shards_gather)."""
+                    previous_pack: RulePack, run: ShardMap, steps: StepTimer | None = None) -> ShardGrading:
+    """The grading of M as the local path does it, over run.count shards; the driver holds none of its results
+    (ShardGrading.of reads a range of them). `steps` times each phase (shards_export, shards_metrics,
+    shards_ranks, shards_grade)."""
     steps = steps or StepTimer()
     with steps("shards_export"):
         overrides = inputs.active_overrides(con, month)
@@ -125,15 +139,11 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     with steps("shards_metrics"):
         run("metrics", work)
     with steps("shards_ranks"):
-        metrics = _gather(work, "metrics")
-        ranks = rank_table(pack, metrics) if pack.ranks else None
-        if ranks is not None:
-            _export_frame(con, work, "ranks", ranks)
+        if pack.ranks:  # a rank is over everyone: the union of the metrics, on the driver
+            _export_frame(con, work, "ranks", rank_table(pack, _gather(work, "metrics")))
     with steps("shards_grade"):
         run("grade", work, pack, previous_pack)
-    with steps("shards_gather"):
-        graded = Graded(*(_gather(work, name) for name in GRADED))
-    return metrics, overrides, graded
+    return ShardGrading(work, overrides)
 
 
 def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack, run: ShardMap,
@@ -234,10 +244,11 @@ def _params_of(sql: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
-def _gather(work: ShardWork, name: str) -> pl.DataFrame:
-    """The union of every shard's output in the local path's order: by subs_id, and within a subscriber (whose
-    rows all come from one shard) in the shard's order (e.g. lots by month, redemptions by time)."""
-    frames = [pl.read_parquet(work.output_path(name, k)) for k in range(work.count)]
+def _gather(work: ShardWork, name: str, span: SubsRange = EVERYONE) -> pl.DataFrame:
+    """The union of every shard's output (of the subscribers in `span`) in the local path's order: by subs_id,
+    and within a subscriber (whose rows all come from one shard) in the shard's order (e.g. lots by month,
+    redemptions by time)."""
+    frames = [span.of(pl.scan_parquet(work.output_path(name, k))).collect() for k in range(work.count)]
     return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id", maintain_order=True)
 
 

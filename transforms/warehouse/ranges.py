@@ -30,8 +30,9 @@ class SubsRange:
     def params(self) -> dict:
         return {"low": self.low, "high": self.high}
 
-    def of(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of a frame with a subs_id column in the range."""
+    def of(self, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+        """The rows of a frame (or lazy frame: a Parquet scan reads only those) with a subs_id column in the
+        range."""
         if self.low is not None:
             frame = frame.filter(pl.col("subs_id") >= self.low)
         return frame.filter(pl.col("subs_id") < self.high) if self.high is not None else frame
