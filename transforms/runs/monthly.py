@@ -178,13 +178,14 @@ def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, 
                     spans: list[SubsRange] | None = None):
     """M graded range by range of subscribers (`spans`, default warehouse.ranges.subscriber_ranges), each range's
     (span, metrics, overrides, graded) in subs_id order: one range's frames at a time. A rank pack's ranks are
-    over the whole population: computed first, from the metrics of every range."""
-    overrides, spells = inputs.active_overrides(con, month), inputs.tier_spells(con, month)
-    previous = inputs.assignment_of(con, month - 1)
+    over the whole population: computed first, from the metrics of every range. Only the overrides (a few) are
+    read whole; M-1's tiers and the spells, like the metrics, range by range."""
+    overrides = inputs.active_overrides(con, month)
     ranks = rank_table(pack, inputs.grading_metrics(con, month, snapshot)) if pack.ranks else None
     for span in spans or subscriber_ranges(con, month):
         metrics = inputs.grading_metrics_of(con, month, snapshot, span)
-        grading_inputs = GradingInputs(month, metrics, span.of(overrides), span.of(spells), span.of(previous),
+        grading_inputs = GradingInputs(month, metrics, span.of(overrides), inputs.tier_spells(con, month, span),
+                                       inputs.assignment_of(con, month - 1, span),
                                        span.of(ranks) if ranks is not None else None)
         yield span, metrics, grading_inputs.overrides, grade(pack, grading_inputs, previous_pack)
 

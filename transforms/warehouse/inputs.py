@@ -14,7 +14,7 @@ import polars as pl
 from transforms.core.calendar import Month
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.layouts import REVOKED_TIER
-from transforms.warehouse.ranges import SubsRange, subscriber_ranges
+from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 
 
 # What grading_metrics reads of M, table by table: a shard of the monthly run (transforms.runs.shards) gets these
@@ -138,21 +138,22 @@ def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFra
         ORDER BY subs_id""", params={"m": month.first_day, "revoked": REVOKED_TIER}).pl()
 
 
-def tier_spells(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
+def tier_spells(con: duckdb.DuckDBPyConnection, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
     """Tier in effect during M (graded for M-1) and the grading month its spell began: subs_id, prev_tier,
-    since_month."""
-    return con.sql("""
+    since_month (of the subscribers in `span`)."""
+    return con.sql(f"""
         SELECT h.subs_id, h.tier AS prev_tier, CAST(h.valid_from - INTERVAL 1 MONTH AS DATE) AS since_month
         FROM mart.tier_history h
-        WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m)""",
-                   params={"m": month.first_day}).pl()
+        WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m) AND {span.sql("h.subs_id")}""",
+                   params={"m": month.first_day} | span.params).pl()
 
 
-def assignment_of(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:
-    """mart.tier_assignment of a month (subs_id, tier, reason, tags, region_code), sorted by subs_id; empty
-    when the month was not graded."""
-    return con.sql("SELECT subs_id, tier, reason, tags, region_code FROM mart.tier_assignment "
-                   "WHERE grade_month = $m ORDER BY subs_id", params={"m": month.first_day}).pl()
+def assignment_of(con: duckdb.DuckDBPyConnection, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
+    """mart.tier_assignment of a month (subs_id, tier, reason, tags, region_code) of the subscribers in `span`,
+    sorted by subs_id; empty when the month was not graded."""
+    return con.sql(f"SELECT subs_id, tier, reason, tags, region_code FROM mart.tier_assignment "
+                   f"WHERE grade_month = $m AND {span.sql()} ORDER BY subs_id",
+                   params={"m": month.first_day} | span.params).pl()
 
 
 # --- points --------------------------------------------------------------------------------------------------
