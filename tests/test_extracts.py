@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from transforms.ingest.control import encode_records, read_control, write_delivery
-from transforms.ingest.extracts import (ParsedFile, join_parts, join_ranges, line_ranges, parse_extract,
+from transforms.ingest.extracts import (ParsedFile, follow_on, join_parts, line_ranges, parse_extract,
                                         parse_extract_parts, parse_extract_range)
 from transforms.ingest.layouts import KINDS, ExtractName, parse_extract_name
 
@@ -552,8 +552,9 @@ def test_a_file_parsed_in_byte_ranges_is_the_file_parsed_whole(tmp_path):
         assert ranges[0][0] == 0 and ranges[-1][1] == dat.stat().st_size
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
         assert len(ranges) <= parts
-        joined = join_ranges([parse_extract_range(dat, name, "GBK", DELIVERY_DAY["BILL"], start, end,
-                                                  chunk_bytes=256) for start, end in ranges])
+        joined = join_parts(follow_on(parse_extract_range(dat, name, "GBK", DELIVERY_DAY["BILL"], start, end,
+                                                          chunk_bytes=256) for start, end in ranges),
+                            whole.records.schema)
         assert joined.record_count == whole.record_count == len(lines)
         assert joined.records.equals(whole.records), parts
         assert joined.quarantine.equals(whole.quarantine), parts

@@ -175,11 +175,6 @@ def parse_extract_range(dat_path: Path, name: ExtractName, encoding: str, delive
                                          at_file_start=start == 0), record_schema(name.kind))
 
 
-def join_ranges(parts: list[ParsedFile]) -> ParsedFile:
-    """The ParsedFile of the whole file from those of its ranges, in file order: line numbers follow on."""
-    return join_parts(follow_on(parts), parts[0].records.schema)
-
-
 def follow_on(ranges: Iterable[ParsedFile]) -> Iterator[ParsedFile]:
     """The parsed ranges of a file (lines numbered within each range), in file order, numbered in the file."""
     offset = 0
