@@ -10,7 +10,7 @@ from transforms.core.calendar import Month
 from transforms.grade import points
 from transforms.grade.points import prior_year_points
 from transforms.warehouse.db import connect
-from transforms.warehouse.inputs import lot_totals, open_lots
+from transforms.warehouse.inputs import lot_totals, lot_totals_from_lots, open_lots
 
 MAY = Month.parse("2026-05")  # M-36 = 2023-05, M-35 = 2023-06
 EXPIRY = 36  # six-star's points.expiry_months: points of M expire at the end of M+36
@@ -278,11 +278,33 @@ def test_lot_totals_and_the_redeemers_lots_read_from_the_warehouse_by_hand(tmp_p
                 "('2026-05-01', 'A', '2024-01-01', 5, 0), ('2025-06-01', 'C', '2025-02-01', 20, 0)")
     con.execute("INSERT INTO raw.redeem VALUES ('REDEEM_20260509.dat', 1, 'R1', 'B', '2026-05-09 10:00:00', 5, "
                 "'APP'), ('REDEEM_20260601.dat', 1, 'R2', 'A', '2026-06-01 00:00:00', 5, 'APP')")
-    totals = lot_totals(con, MAY, EXPIRY).sort("subs_id")
+    totals = lot_totals(con, MAY, EXPIRY).sort("subs_id")  # April has no balances: summed over the lots
     assert as_dicts(totals, "subs_id", "opening", "expiring") == {"A": (100, 60), "B": (30, 0)}
     every_lot = open_lots(con, MAY, EXPIRY).sort("subs_id", "earn_month")
     assert every_lot.rows() == [("A", date(2023, 5, 1), 60), ("A", date(2024, 1, 1), 40), ("B", date(2025, 1, 1), 30)]
     assert open_lots(con, MAY, EXPIRY, redeemers_only=True).rows() == [("B", date(2025, 1, 1), 30)]
     # the same totals as summing the lots in Polars (points._lot_totals, which apply_points_month uses)
     assert points._lot_totals(every_lot, (MAY - EXPIRY).first_day).sort("subs_id").equals(totals)
+    con.close()
+
+
+def test_lot_totals_open_on_the_balances_of_the_month_before(tmp_path):
+    """With April's balances in mart.points_balance, May opens on them (A 100, B 30; C's 0 is no open lot) and
+    only the expiring lot is read: A's 2023-05 lot, 100 earned, 40 redeemed in 2024-02 and 15 more in May itself
+    (a rerun of May: not counted) -> 60. The lots summed give the same."""
+    con = connect(tmp_path)
+    con.execute("INSERT INTO staging.points_lot VALUES ('A', '2023-04-01', 500), ('A', '2023-05-01', 100), "
+                "('A', '2024-01-01', 40), ('B', '2025-01-01', 30), ('C', '2025-02-01', 20)")
+    con.execute("INSERT INTO staging.points_move VALUES ('2023-06-01', 'A', '2023-04-01', 0, 500), "
+                "('2024-02-01', 'A', '2023-05-01', 40, 0), ('2026-05-01', 'A', '2023-05-01', 15, 0), "
+                "('2025-06-01', 'C', '2025-02-01', 20, 0)")
+    con.execute("INSERT INTO mart.points_balance (month, subs_id, earned, redeemed, expired, balance, "
+                "prior_year_points, expiring_next_month) VALUES ('2026-04-01', 'A', 0, 0, 0, 100, 0, 60), "
+                "('2026-04-01', 'B', 0, 0, 0, 30, 0, 0), ('2026-04-01', 'C', 0, 0, 0, 0, 0, 0)")
+    totals = lot_totals(con, MAY, EXPIRY).sort("subs_id")
+    assert as_dicts(totals, "subs_id", "opening", "expiring") == {"A": (100, 60), "B": (30, 0)}
+    assert lot_totals_from_lots(con, MAY, EXPIRY).sort("subs_id").equals(totals)
+    # the balance is what May opens on: a balance that disagrees with the lots shows through
+    con.execute("UPDATE mart.points_balance SET balance = 99 WHERE subs_id = 'B'")
+    assert as_dicts(lot_totals(con, MAY, EXPIRY), "subs_id", "opening", "expiring")["B"] == (99, 0)
     con.close()

@@ -87,6 +87,20 @@ def test_the_union_of_the_shards_is_what_the_local_path_grades(home, tmp_path, p
         assert len(exported) <= 3  # most shards have no override: they read the empty file
 
 
+def test_the_balances_of_the_month_before_open_as_the_lots_summed(home):
+    """August opens on July's balances, September on August's (with August's redemptions moved out of the lots):
+    the same totals as summing the lots, which the first month with points does."""
+    con = connect(home, read_only=True)
+    try:
+        for month in (Month(2025, 8), Month(2025, 9)):
+            assert con.execute("SELECT count(*) FROM mart.points_balance WHERE month = ? AND balance > 0",
+                               [(month - 1).first_day]).fetchall()[0][0] > 150
+            from_balances = inputs.lot_totals(con, month, 36).sort("subs_id")
+            assert from_balances.equals(inputs.lot_totals_from_lots(con, month, 36).sort("subs_id")), month
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("count", [1, 3, 16])
 def test_the_points_of_the_shards_are_those_of_the_local_path(home, tmp_path, count):
     august, pack = Month(2025, 8), pack_for_month("six-star", Month(2025, 8))

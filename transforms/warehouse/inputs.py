@@ -34,7 +34,7 @@ GRADING_METRICS_SOURCES = {
 
 # What points_inputs reads of M, table by table (for a shard, as GRADING_METRICS_SOURCES): the lots and moves since
 # the oldest lot still open (a lot's moves are dated in or after its month), M's redemptions and consumption,
-# M-1's tiers (the multiplier in effect during M).
+# M-1's tiers (the multiplier in effect during M) and balances (the opening of M).
 POINTS_SOURCES = {
     "staging.points_lot": "SELECT subs_id, earn_month, earned FROM staging.points_lot "
                           "WHERE earn_month >= $oldest AND earn_month < $m",
@@ -44,6 +44,7 @@ POINTS_SOURCES = {
     "mart.subscriber_month": "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month "
                              "WHERE month = $m",
     "mart.tier_assignment": "SELECT subs_id, grade_month, tier FROM mart.tier_assignment WHERE grade_month = $prev",
+    "mart.points_balance": "SELECT subs_id, month, balance FROM mart.points_balance WHERE month = $prev",
 }
 
 
@@ -100,7 +101,8 @@ def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
             SELECT subs_id,
                    sum(earned) FILTER (WHERE year(earn_month) = $year - 1) AS prior_year_points,
                    sum(earned) FILTER (WHERE earn_month >= $m12) AS points_earned_12m
-            FROM staging.points_lot WHERE earn_month <= $m AND {span.sql()} GROUP BY subs_id),
+            FROM staging.points_lot  -- prior year and last 12 months: M-11 is never before January of the year before
+            WHERE earn_month >= make_date($year - 1, 1, 1) AND earn_month <= $m AND {span.sql()} GROUP BY subs_id),
         bal AS (SELECT subs_id, balance FROM mart.points_balance WHERE month = $m AND {span.sql()})
         SELECT snap.subs_id, snap.status, snap.subs_type, snap.brand, snap.region_code, snap.manager_id,
                snap.realname_flag, snap.vip_flag, snap.group_key_flag,
@@ -180,10 +182,31 @@ def open_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int,
 
 def lot_totals(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
     """Per subscriber with open lots at the end of M-1: subs_id, opening (what is left of all their lots),
-    expiring (what is left of the lot that expires at the end of M). The same as summing open_lots per
-    subscriber, without building the lots: what is left of a subscriber's lots is what they earned minus what
-    moved (redeemed or expired) out of them, and no lot is ever left below zero. The oldest lot still open is the
-    one that expires at the end of M."""
+    expiring (what is left of the lot that expires at the end of M, the oldest lot still open).
+
+    opening is M-1's balance (mart.points_balance): the balance after M-1 is what is left of its lots, so the
+    cost does not grow with the months of lots stored (36 months of lots cost 4x 12 in lot_totals_from_lots).
+    Only when M-1 has no balances (the first month with points) are the lots summed. Both agree while the pack's
+    expiry_months stays the same (a shorter expiry would drop lots the balance still holds)."""
+    params = {"m": month.first_day, "prev": (month - 1).first_day, "oldest": (month - expiry_months).first_day}
+    if not con.sql("SELECT count(*) FROM (SELECT 1 FROM mart.points_balance WHERE month = $prev LIMIT 1)",
+                   params={"prev": params["prev"]}).fetchall()[0][0]:
+        return lot_totals_from_lots(con, month, expiry_months)
+    return con.sql("""
+        WITH lot AS (SELECT subs_id, sum(earned) AS earned FROM staging.points_lot
+                     WHERE earn_month = $oldest GROUP BY subs_id),
+             used AS (SELECT subs_id, sum(redeemed + expired) AS used FROM staging.points_move
+                      WHERE earn_month = $oldest AND month < $m GROUP BY subs_id)
+        SELECT b.subs_id, CAST(b.balance AS BIGINT) AS opening,
+               CAST(coalesce(lot.earned, 0) - coalesce(used.used, 0) AS BIGINT) AS expiring
+        FROM mart.points_balance b LEFT JOIN lot USING (subs_id) LEFT JOIN used USING (subs_id)
+        WHERE b.month = $prev AND b.balance > 0""", params=params).pl()
+
+
+def lot_totals_from_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:
+    """lot_totals summed over the lots: the same as summing open_lots per subscriber, without building the lots:
+    what is left of a subscriber's lots is what they earned minus what moved (redeemed or expired) out of them, and
+    no lot is ever left below zero."""
     return con.sql("""
         WITH earned AS (
                 SELECT subs_id, sum(earned) AS earned, sum(earned) FILTER (WHERE earn_month = $oldest) AS exp_earned
