@@ -133,9 +133,11 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
         overrides = inputs.active_overrides(con, month)
         work = _export_sources(con, run, month, snapshot, "grade", inputs.GRADING_METRICS_SOURCES,
                                inputs.grading_metrics_params(month, snapshot))
-        for name, frame in (("overrides", overrides), ("spells", inputs.tier_spells(con, month)),
-                            ("previous", inputs.assignment_of(con, month - 1))):
-            _export_frame(con, work, name, frame)
+        _export_frame(con, work, "overrides", overrides)
+        # straight from SQL: the driver never holds M-1's tiers or the spells (two frames of everyone)
+        for name, (sql, params) in (("spells", inputs.tier_spells_query(month)),
+                                    ("previous", inputs.assignment_query(month - 1))):
+            _export(con, work.input_path(name), work.count, sql, params)
     with steps("shards_metrics"):
         run("metrics", work)
     with steps("shards_ranks"):

@@ -143,19 +143,30 @@ def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFra
 def tier_spells(con: duckdb.DuckDBPyConnection, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
     """Tier in effect during M (graded for M-1) and the grading month its spell began: subs_id, prev_tier,
     since_month (of the subscribers in `span`)."""
-    return con.sql(f"""
+    sql, params = tier_spells_query(month, span)
+    return con.sql(sql, params=params).pl()
+
+
+def tier_spells_query(month: Month, span: SubsRange = EVERYONE) -> tuple[str, dict]:
+    """The SQL and parameters of tier_spells (a shard's export copies it without building the frame)."""
+    return (f"""
         SELECT h.subs_id, h.tier AS prev_tier, CAST(h.valid_from - INTERVAL 1 MONTH AS DATE) AS since_month
         FROM mart.tier_history h
         WHERE h.valid_from <= $m AND (h.valid_to IS NULL OR h.valid_to > $m) AND {span.sql("h.subs_id")}""",
-                   params={"m": month.first_day} | span.params).pl()
+            {"m": month.first_day} | span.params)
 
 
 def assignment_of(con: duckdb.DuckDBPyConnection, month: Month, span: SubsRange = EVERYONE) -> pl.DataFrame:
     """mart.tier_assignment of a month (subs_id, tier, reason, tags, region_code) of the subscribers in `span`,
     sorted by subs_id; empty when the month was not graded."""
-    return con.sql(f"SELECT subs_id, tier, reason, tags, region_code FROM mart.tier_assignment "
-                   f"WHERE grade_month = $m AND {span.sql()} ORDER BY subs_id",
-                   params={"m": month.first_day} | span.params).pl()
+    sql, params = assignment_query(month, span)
+    return con.sql(sql, params=params).pl()
+
+
+def assignment_query(month: Month, span: SubsRange = EVERYONE) -> tuple[str, dict]:
+    """The SQL and parameters of assignment_of (a shard's export copies it without building the frame)."""
+    return (f"SELECT subs_id, tier, reason, tags, region_code FROM mart.tier_assignment "
+            f"WHERE grade_month = $m AND {span.sql()} ORDER BY subs_id", {"m": month.first_day} | span.params)
 
 
 # --- points --------------------------------------------------------------------------------------------------
