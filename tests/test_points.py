@@ -1,6 +1,7 @@
 """Points timeline of one month (rules.md, "Points"): golden values worked out by hand from the spec."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime
 
 import polars as pl
@@ -10,7 +11,8 @@ from transforms.core.calendar import Month
 from transforms.grade import points
 from transforms.grade.points import prior_year_points
 from transforms.warehouse.db import connect
-from transforms.warehouse.inputs import lot_totals, lot_totals_from_lots, open_lots
+from transforms.warehouse.inputs import grading_metrics, lot_totals, lot_totals_from_lots, open_lots
+from transforms.warehouse.marts import write_points
 
 MAY = Month.parse("2026-05")  # M-36 = 2023-05, M-35 = 2023-06
 EXPIRY = 36  # six-star's points.expiry_months: points of M expire at the end of M+36
@@ -307,4 +309,53 @@ def test_lot_totals_open_on_the_balances_of_the_month_before(tmp_path):
     # the balance is what May opens on: a balance that disagrees with the lots shows through
     con.execute("UPDATE mart.points_balance SET balance = 99 WHERE subs_id = 'B'")
     assert as_dicts(lot_totals(con, MAY, EXPIRY), "subs_id", "opening", "expiring")["B"] == (99, 0)
+    con.close()
+
+
+def points_month(month, new_lots=(), balances=()):
+    """A PointsMonth of `month` with only these new lots (subs_id, earned) and balances (subs_id, balance)."""
+    empty = apply_points_month(month, lots(), redemptions(), base())
+    return replace(empty, new_lots=pl.DataFrame([(s, month.first_day, e) for s, e in new_lots],
+                                                schema=empty.new_lots.schema, orient="row"),
+                   balances=pl.DataFrame([(s, 0, 0, 0, b) for s, b in balances],
+                                         schema=empty.balances.schema, orient="row"))
+
+
+def test_prior_year_points_are_summed_in_january_and_carried_through_the_year(tmp_path):
+    """mart.points_balance.prior_year_points (the lots earned in the calendar year before M's), by hand. Lots of
+    2025: A 2025-03 100 + 2025-11 50 = 150, B 2025-06 20; A's 2024-12 999 is two years back.
+    2026-01: summed over 2025's lots -> A 150, B 20 (B without a balance still gets its row).
+    2026-02: carried from January (B's lot changed since shows only where the lots are summed again) -> A 150,
+    B 20, C 0 (C's lot is of 2026). 2026-12 without November's balances: summed -> A 150, B 1000.
+    2027-01, although December has balances: summed over 2026's lots (A's January 7, C's February 5) -> A 7,
+    C 5; B has none.
+    The grading metrics of February take it from February's balances (B 20), points_earned_12m from the lots
+    of 2025-03..2026-02 (B 1000)."""
+    con = connect(tmp_path)
+    con.execute("INSERT INTO staging.points_lot VALUES ('A', '2024-12-01', 999), ('A', '2025-03-01', 100), "
+                "('A', '2025-11-01', 50), ('B', '2025-06-01', 20)")
+
+    def prior_year(month):
+        return dict(con.execute("SELECT subs_id, prior_year_points FROM mart.points_balance WHERE month = ? "
+                                "AND prior_year_points > 0 ORDER BY subs_id", [month.first_day]).fetchall())
+
+    jan, feb = Month(2026, 1), Month(2026, 2)
+    write_points(con, jan, points_month(jan, new_lots=[("A", 7)], balances=[("A", 157)]))
+    assert prior_year(jan) == {"A": 150, "B": 20}
+    con.execute("UPDATE staging.points_lot SET earned = 1000 WHERE subs_id = 'B'")
+    write_points(con, feb, points_month(feb, new_lots=[("C", 5)], balances=[("A", 157), ("C", 5)]))
+    assert prior_year(feb) == {"A": 150, "B": 20}
+    assert con.execute("SELECT count(*) FROM mart.points_balance WHERE month = '2026-02-01'").fetchone()[0] == 3
+    write_points(con, Month(2026, 12), points_month(Month(2026, 12)))
+    assert prior_year(Month(2026, 12)) == {"A": 150, "B": 1000}
+    write_points(con, Month(2027, 1), points_month(Month(2027, 1)))
+    assert prior_year(Month(2027, 1)) == {"A": 7, "C": 5}
+
+    con.execute("""INSERT INTO raw.subscriber_history (subs_id, brand, subs_type, status, open_date,
+                       realname_flag, group_key_flag, vip_flag, valid_from, valid_to, file_name, line_no)
+                   SELECT s, 'GOTONE', 'PERSONAL', 'ACTIVE', DATE '2020-01-01', true, false, false,
+                          DATE '2026-02-28', NULL, 'ACCT_20260228.dat', 1 FROM unnest(['A', 'B', 'C']) t(s)""")
+    metrics = grading_metrics(con, feb, date(2026, 2, 28))
+    assert as_dicts(metrics, "subs_id", "prior_year_points", "points_earned_12m", "points_balance") == {
+        "A": (150, 157, 157), "B": (20, 1000, 0), "C": (0, 5, 5)}
     con.close()

@@ -137,9 +137,12 @@ def tier_order(pack: RulePack, codes: set[str]) -> list[str]:
 
 
 def distribution_up_to(con: duckdb.DuckDBPyConnection, month: Month) -> list[dict]:
+    """Subscribers per graded month and tier up to M, from mart.tier_summary (a few hundred rows a month, where
+    counting mart.tier_assignment would read every month's tiers: the cost would grow with the history)."""
     return _dicts(con, """
-        SELECT strftime(grade_month, '%Y-%m') AS month, tier, count(*) AS subscribers FROM mart.tier_assignment
-        WHERE grade_month <= $m GROUP BY ALL ORDER BY ALL""", {"m": month.first_day})
+        SELECT strftime(grade_month, '%Y-%m') AS month, tier, sum(subscribers)::BIGINT AS subscribers
+        FROM mart.tier_summary WHERE grade_month <= $m GROUP BY ALL HAVING sum(subscribers) > 0 ORDER BY ALL""",
+                  {"m": month.first_day})
 
 
 def migration_of(con: duckdb.DuckDBPyConnection, month: Month, unrated: str) -> list[dict]:

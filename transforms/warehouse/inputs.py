@@ -25,8 +25,9 @@ GRADING_METRICS_SOURCES = {
                              "WHERE month >= $m12 AND month <= $m",
     "raw.susp": "SELECT subs_id, event_time, susp_type FROM raw.susp WHERE event_time >= $m12 AND event_time < $next",
     "staging.points_lot": "SELECT subs_id, earn_month, earned FROM staging.points_lot "
-                          "WHERE earn_month >= make_date($year - 1, 1, 1) AND earn_month <= $m",
-    "mart.points_balance": "SELECT subs_id, month, balance FROM mart.points_balance WHERE month = $m",
+                          "WHERE earn_month >= $m12 AND earn_month <= $m",
+    "mart.points_balance": "SELECT subs_id, month, balance, prior_year_points FROM mart.points_balance "
+                           "WHERE month = $m",
     "raw.subscriber_history": "SELECT subs_id, status, subs_type, brand, region_code, manager_id, realname_flag, "
                               "vip_flag, group_key_flag, open_date, valid_from, valid_to FROM raw.snapshot_as_of($snap)",
 }
@@ -66,7 +67,7 @@ def points_inputs(con: duckdb.DuckDBPyConnection, month: Month,
 def grading_metrics_params(month: Month, snapshot: date) -> dict:
     """The parameters of grading_metrics and of GRADING_METRICS_SOURCES."""
     return {"snap": snapshot, "m": month.first_day, "m3": (month - 2).first_day, "m6": (month - 5).first_day,
-            "m12": (month - 11).first_day, "next": (month + 1).first_day, "year": month.year,
+            "m12": (month - 11).first_day, "next": (month + 1).first_day,
             "m_index": month.index}
 
 
@@ -98,12 +99,12 @@ def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
                    count(*) FILTER (WHERE susp_type = 'ARREARS_ONEWAY') AS susp12_oneway
             FROM raw.susp WHERE event_time >= $m12 AND event_time < $next AND {span.sql()} GROUP BY subs_id),
         lots AS (
-            SELECT subs_id,
-                   sum(earned) FILTER (WHERE year(earn_month) = $year - 1) AS prior_year_points,
-                   sum(earned) FILTER (WHERE earn_month >= $m12) AS points_earned_12m
-            FROM staging.points_lot  -- prior year and last 12 months: M-11 is never before January of the year before
-            WHERE earn_month >= make_date($year - 1, 1, 1) AND earn_month <= $m AND {span.sql()} GROUP BY subs_id),
-        bal AS (SELECT subs_id, balance FROM mart.points_balance WHERE month = $m AND {span.sql()})
+            SELECT subs_id, sum(earned) AS points_earned_12m FROM staging.points_lot
+            WHERE earn_month >= $m12 AND earn_month <= $m AND {span.sql()} GROUP BY subs_id),
+        -- M's points step wrote prior_year_points with M's balances (marts.write_points): 12 lot-months
+        -- are read here whatever the history stored
+        bal AS (SELECT subs_id, balance, prior_year_points FROM mart.points_balance
+                WHERE month = $m AND {span.sql()})
         SELECT snap.subs_id, snap.status, snap.subs_type, snap.brand, snap.region_code, snap.manager_id,
                snap.realname_flag, snap.vip_flag, snap.group_key_flag,
                CAST($m_index - (year(snap.open_date) * 12 + month(snap.open_date) - 1) + 1 AS BIGINT)
@@ -115,7 +116,7 @@ def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
                coalesce(sm.data_fen, 0)::BIGINT AS data_fen, coalesce(sm.roam_fen, 0)::BIGINT AS roam_fen,
                coalesce(sm.roam_months6, 0)::BIGINT AS roam_months6,
                coalesce(susp.susp12, 0)::BIGINT AS susp12, coalesce(susp.susp12_oneway, 0)::BIGINT AS susp12_oneway,
-               coalesce(lots.prior_year_points, 0)::BIGINT AS prior_year_points,
+               coalesce(bal.prior_year_points, 0)::BIGINT AS prior_year_points,
                coalesce(lots.points_earned_12m, 0)::BIGINT AS points_earned_12m,
                coalesce(bal.balance, 0)::BIGINT AS points_balance
         FROM raw.snapshot_as_of($snap) snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
@@ -200,8 +201,7 @@ def lot_totals(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int)
     Only when M-1 has no balances (the first month with points) are the lots summed. Both agree while the pack's
     expiry_months stays the same (a shorter expiry would drop lots the balance still holds)."""
     params = {"m": month.first_day, "prev": (month - 1).first_day, "oldest": (month - expiry_months).first_day}
-    if not con.sql("SELECT count(*) FROM (SELECT 1 FROM mart.points_balance WHERE month = $prev LIMIT 1)",
-                   params={"prev": params["prev"]}).fetchall()[0][0]:
+    if not has_balances(con, month - 1):
         return lot_totals_from_lots(con, month, expiry_months)
     return con.sql("""
         WITH lot AS (SELECT subs_id, sum(earned) AS earned FROM staging.points_lot
@@ -212,6 +212,12 @@ def lot_totals(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int)
                CAST(coalesce(lot.earned, 0) - coalesce(used.used, 0) AS BIGINT) AS expiring
         FROM mart.points_balance b LEFT JOIN lot USING (subs_id) LEFT JOIN used USING (subs_id)
         WHERE b.month = $prev AND b.balance > 0""", params=params).pl()
+
+
+def has_balances(con: duckdb.DuckDBPyConnection, month: Month) -> bool:
+    """Whether mart.points_balance holds the balances of `month` (its points step has run)."""
+    return bool(con.sql("SELECT count(*) FROM (SELECT 1 FROM mart.points_balance WHERE month = $m LIMIT 1)",
+                        params={"m": month.first_day}).fetchall()[0][0])
 
 
 def lot_totals_from_lots(con: duckdb.DuckDBPyConnection, month: Month, expiry_months: int) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from transforms.core.calendar import Month
 from transforms.grade.engine import OVERRIDE_REASON
 from transforms.grade.points import PointsMonth
 from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
+from transforms.warehouse.inputs import has_balances
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 
 SUM6_MONTHS = 6  # mart.subscriber_month.sum6_fen: cons of M-5..M, NULL until BILL covers them
@@ -203,16 +204,29 @@ def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMon
                           $m, NULL
                    FROM rejected x JOIN raw.redeem r USING (txn_id) ORDER BY r.file_name, r.line_no""", {"m": m})
     con.register("balances", result.balances)
-    con.execute("""
+    pyp_sql, pyp_params = _prior_year_points_query(con, month)
+    con.execute(f"""
         INSERT INTO mart.points_balance
-        WITH pyp AS (SELECT subs_id, sum(earned) AS prior_year_points FROM staging.points_lot
-                     WHERE year(earn_month) = $year - 1 GROUP BY subs_id)
+        WITH pyp AS ({pyp_sql})
         SELECT $m, subs_id, coalesce(b.earned, 0), coalesce(b.redeemed, 0), coalesce(b.expired, 0),
                coalesce(b.balance, 0), coalesce(pyp.prior_year_points, 0), 0
         FROM balances b FULL OUTER JOIN pyp USING (subs_id)
-        ORDER BY subs_id""", {"m": m, "year": month.year})
+        ORDER BY subs_id""", {"m": m} | pyp_params)
     for name in ("new_lots", "lot_changes", "accepted", "rejected", "balances"):
         con.unregister(name)
+
+
+def _prior_year_points_query(con: duckdb.DuckDBPyConnection, month: Month) -> tuple[str, dict]:
+    """subs_id, prior_year_points (the lots earned in the calendar year before M's): carried from M-1's balances
+    within a year, since the lots of the year before no longer change once M-1 is processed and current
+    (month_state.check_ordering); summed over that year's lots in January, or when M-1 has no balances. M-1's
+    rows hold everyone with such points: each month writes them whether or not the subscriber has a balance."""
+    if month.month != 1 and has_balances(con, month - 1):
+        return ("SELECT subs_id, prior_year_points FROM mart.points_balance "
+                "WHERE month = $prev AND prior_year_points > 0", {"prev": (month - 1).first_day})
+    return ("SELECT subs_id, sum(earned) AS prior_year_points FROM staging.points_lot "
+            "WHERE earn_month >= $year_start AND earn_month < $year_end GROUP BY subs_id",
+            {"year_start": date(month.year - 1, 1, 1), "year_end": date(month.year, 1, 1)})
 
 
 def write_points_expiring(con: duckdb.DuckDBPyConnection, month: Month, expiring: pl.DataFrame) -> None:
