@@ -232,3 +232,13 @@ def test_a_bill_file_over_the_threshold_in_its_last_part_leaves_nothing_loaded(h
                        "ORDER BY line_no NULLS FIRST").fetchall() == [
         (None, "QUARANTINE_THRESHOLD"), (281, "MONTH_MISMATCH"), (291, "MONTH_MISMATCH"),
         (296, "MONTH_MISMATCH"), (300, "MONTH_MISMATCH")]
+
+
+def test_great_expectations_is_warmed_up_for_a_file_to_read_never_for_a_known_one(home, con, monkeypatch):
+    """A nightly with nothing new must not pay GE's import: only a delivery that will be read starts it."""
+    import transforms.ingest.load as load
+    started = []
+    monkeypatch.setattr(load, "warm_up_in_background", lambda: started.append(True))
+    deliver(home, "20260203", "BILL_202601.dat", bill_lines(10))
+    assert [r.status for r in ingest_all(con, home)] == ["LOADED"] and started == [True]
+    assert [r.status for r in ingest_all(con, home)] == ["UNCHANGED"] and started == [True]

@@ -343,3 +343,30 @@ def test_each_suite_documents_its_parameters(suite):
     used = {value["$PARAMETER"] for e in spec["expectations"] for value in e["kwargs"].values()
             if isinstance(value, dict)}
     assert used == set(spec["meta"]["params"])
+
+
+def test_great_expectations_warms_up_once_on_a_thread_and_the_gate_uses_it():
+    """A fresh process (this one has GE already): warm_up_in_background imports GE on one thread however often
+    it is called, and run_suite afterwards validates with that context instead of importing GE itself."""
+    import subprocess
+    import sys
+    script = """
+import sys, threading
+from transforms.quality import suites
+assert "great_expectations" not in sys.modules
+suites.warm_up_in_background(); suites.warm_up_in_background()
+threads = [t for t in threading.enumerate() if t.name == "great-expectations-import"]
+assert len(threads) == 1, threads
+threads[0].join()
+assert "great_expectations" in sys.modules and suites._ge.cache_info().currsize == 1
+import pandas as pd
+try:
+    suites.run_suite("outputs", pd.DataFrame(), {})  # the suite is built in the warmed context, then refused
+except ValueError as refused:
+    assert "needs parameter 'tiers'" in str(refused), refused
+info = suites._ge.cache_info()
+print(info.misses, info.hits)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]  # one context built (by the thread), then found by the gate

@@ -22,6 +22,7 @@ from transforms.ingest.extracts import QUARANTINE_SCHEMA, ParsedFile, parse_extr
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import ExtractName, field_names, parse_extract_name
 from transforms.quality.gates import GateFailed, gate_raw_file
+from transforms.quality.suites import warm_up_in_background
 from transforms.warehouse.db import first_row, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
@@ -79,6 +80,7 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
         control = read_control(delivery.chk_path)
         if _seen_before(delivery, control, current):
             return IngestResult(name.file_name, delivery.day, "UNCHANGED")
+        warm_up_in_background()  # gate 1 below needs GE: imported while this file is hashed and parsed
         md5 = verify_control(delivery.dat_path, control)
     except FileRejected as rejected:
         if current is not None and current[0] == delivery.day and current[2] == "REJECTED" and current[1] is None:

@@ -14,7 +14,7 @@ with the dict itself: the check fails without an error).
 
 One ephemeral GE context serves the process: its pandas data source, one asset per suite and the suites, rebuilt
 when their JSON changes; a validation keeps nothing in it. Great Expectations is imported on first use only (its
-import costs seconds).
+import costs seconds), or on a thread by `warm_up_in_background` while the caller reads a file.
 
 Usage: `run_suite(...)` returns a GateResult; `result.raise_if_failed()` raises GateFailed carrying it.
 """
@@ -151,6 +151,27 @@ class _Prepared:
 
 _prepared_suites: dict[str, _Prepared] = {}
 _ge_lock = threading.Lock()     # one GE context per process, not made for concurrent use
+_warm_up_started = threading.Event()
+
+
+def warm_up_in_background() -> None:
+    """Starts importing Great Expectations on a thread (once per process). Its import is seconds of Python;
+    a caller about to read a file (MD5, Polars, DuckDB: native code without the GIL) calls this first, and
+    the gate that follows finds GE ready instead of importing it then. Not a daemon: a process that ends
+    before any gate waits for the import rather than exiting in the middle of it. A failed import is
+    raised again by the gate's own call."""
+    if _warm_up_started.is_set() or _ge.cache_info().currsize:
+        return
+    _warm_up_started.set()
+    threading.Thread(target=_ge_under_lock, name="great-expectations-import").start()
+
+
+def _ge_under_lock() -> None:
+    try:
+        with _ge_lock:
+            _ge()
+    except Exception:  # noqa: BLE001 - not cached: the gate's own _ge() raises it where it is handled
+        pass
 
 
 @functools.cache
