@@ -8,6 +8,8 @@ R S T); July's grade_change rows are B, S (UPGRADE), D (DOWNGRADE), G (LOST), K 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -348,8 +350,6 @@ def test_each_suite_documents_its_parameters(suite):
 def test_great_expectations_warms_up_once_on_a_thread_and_the_gate_uses_it():
     """A fresh process (this one has GE already): warm_up_in_background imports GE on one thread however often
     it is called, and run_suite afterwards validates with that context instead of importing GE itself."""
-    import subprocess
-    import sys
     script = """
 import sys, threading
 from transforms.quality import suites
