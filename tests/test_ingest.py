@@ -242,3 +242,51 @@ def test_great_expectations_is_warmed_up_for_a_file_to_read_never_for_a_known_on
     deliver(home, "20260203", "BILL_202601.dat", bill_lines(10))
     assert [r.status for r in ingest_all(con, home)] == ["LOADED"] and started == [True]
     assert [r.status for r in ingest_all(con, home)] == ["UNCHANGED"] and started == [True]
+
+
+def _lie_about_md5(dat: Path) -> None:
+    chk = dat.with_suffix(".chk")
+    parts = chk.read_text().strip().split("|")
+    chk.write_text("|".join(parts[:3] + ["0" * 32] + parts[4:]) + "\n")
+
+
+def test_a_wrong_md5_found_after_the_lines_are_loaded_rejects_the_file_as_unread(home, con):
+    """The MD5 is computed while the file is parsed and loaded: a mismatch rolls the load back, and it wins over
+    the lines' own findings (the file is not the one described, so none of its lines is reported)."""
+    lines = bill_lines(50)
+    lines[3] = lines[9] = "S0000003|202601|RENT|x"       # 2 of 50 bad: over the threshold too
+    _lie_about_md5(deliver(home, "20260203", "BILL_202601.dat", lines))
+    [result] = ingest_all(con, home)
+    assert result.status == "REJECTED" and result.reason.startswith("MD5_MISMATCH")
+    assert con.execute("SELECT count(*) FROM raw.bill").fetchone() == (0,)
+    assert con.execute("SELECT line_no, reason FROM ops.quarantine").fetchall() == [(None, "MD5_MISMATCH")]
+
+
+def test_a_file_refused_for_its_md5_is_not_read_again_the_next_night(home, con):
+    _lie_about_md5(deliver(home, "20260203", "BILL_202601.dat", bill_lines(10)))
+    assert [r.status for r in ingest_all(con, home)] == ["REJECTED"]
+
+    def must_not_parse(*args):
+        raise AssertionError("a file refused unread was parsed again")
+    [again] = [ingest_delivery(con, home, d, "test", parse=must_not_parse) for d in scan_landing(home).delivered]
+    assert (again.status, again.reason) == ("UNCHANGED", "rejected before")
+    assert con.execute("SELECT count(*) FROM ops.delivery").fetchone() == (1,)
+
+
+def test_bill_rows_go_in_in_any_order_and_the_connection_keeps_order_afterwards(home, con):
+    """raw.bill is only aggregated, so its insert may reorder rows (db.in_any_order); every later statement of the
+    connection keeps insertion order again, also after a failed load."""
+    import duckdb
+    from transforms.warehouse.db import in_any_order
+    seen = []
+    con.execute("CREATE TEMP TABLE probe (x INTEGER)")
+    with pytest.raises(duckdb.Error):
+        with in_any_order(con):
+            seen.append(con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0])
+            con.execute("INSERT INTO probe VALUES ('not a number')")
+    assert seen == [False]
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+    deliver(home, "20260203", "BILL_202601.dat", bill_lines(30))
+    assert [r.status for r in ingest_all(con, home)] == ["LOADED"]
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+    assert con.execute("SELECT line_no FROM raw.bill ORDER BY line_no").fetchall() == [(n,) for n in range(1, 31)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +71,39 @@ def file_md5(path: Path) -> str:
 
 def verify_control(dat_path: Path, control: ControlFile) -> str:
     """Checks byte size and MD5 and returns the MD5 (record count is checked against the parsed lines)."""
-    size = dat_path.stat().st_size
-    if size != control.byte_size:
-        raise FileRejected(control.file_name, "SIZE_MISMATCH",
-                           f"{size} bytes delivered, control file says {control.byte_size}")
-    md5 = file_md5(dat_path)
-    if md5 != control.md5:
-        raise FileRejected(control.file_name, "MD5_MISMATCH",
-                           f"md5 {md5} delivered, control file says {control.md5}")
-    return md5
+    return Checksum(dat_path, control).verified()
+
+
+class Checksum:
+    """The control file's size checked at once, its MD5 computed on a thread (hashlib releases the GIL): the
+    loader parses and loads the file meanwhile, inside its transaction, and asks for `verified()` before it
+    commits, instead of reading the whole file once more before starting."""
+
+    def __init__(self, dat_path: Path, control: ControlFile):
+        size = dat_path.stat().st_size
+        if size != control.byte_size:
+            raise FileRejected(control.file_name, "SIZE_MISMATCH",
+                               f"{size} bytes delivered, control file says {control.byte_size}")
+        self._control, self._outcome = control, []
+        self._thread = threading.Thread(target=self._compute, args=(dat_path,), name="md5", daemon=True)
+        self._thread.start()
+
+    def _compute(self, dat_path: Path) -> None:
+        try:
+            self._outcome.append(file_md5(dat_path))
+        except BaseException as error:  # raised by verified(), in the loader's thread
+            self._outcome.append(error)
+
+    def verified(self) -> str:
+        """The file's MD5 (waiting for it); FileRejected (MD5_MISMATCH) when the control file names another."""
+        self._thread.join()
+        md5 = self._outcome[0]
+        if isinstance(md5, BaseException):
+            raise md5
+        if md5 != self._control.md5:
+            raise FileRejected(self._control.file_name, "MD5_MISMATCH",
+                               f"md5 {md5} delivered, control file says {self._control.md5}")
+        return md5
 
 
 def control_line(file_name: str, record_count: int, size: int, md5: str, encoding: str) -> bytes:
