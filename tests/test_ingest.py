@@ -290,3 +290,16 @@ def test_bill_rows_go_in_in_any_order_and_the_connection_keeps_order_afterwards(
     assert [r.status for r in ingest_all(con, home)] == ["LOADED"]
     assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
     assert con.execute("SELECT line_no FROM raw.bill ORDER BY line_no").fetchall() == [(n,) for n in range(1, 31)]
+
+
+def test_orphans_are_the_distinct_subscribers_no_snapshot_ever_knew(home, con):
+    """Orphans (extracts.md): subscribers of a file that no snapshot version names, each counted once; one who
+    left (their version closed) is known, not an orphan."""
+    deliver(home, "20260131", "ACCT_20260131.dat", [Sub("A").line(), Sub("B").line(), Sub("C").line()])
+    deliver(home, "20260201", "ACCT_20260201.dat", [Sub("A").line(), Sub("B").line()])   # C left
+    deliver(home, "20260203", "BILL_202601.dat", [
+        "A|202601|RENT|100", "A|202601|DATA|50", "C|202601|RENT|10",                   # known, or known before
+        "X|202601|RENT|1", "X|202601|DATA|2", "X|202601|ROAM|3", "Y|202601|RENT|4"])   # X three times, Y once
+    results = ingest_all(con, home)
+    assert [(r.file_name, r.orphans) for r in results] == [
+        ("ACCT_20260131.dat", 0), ("ACCT_20260201.dat", 0), ("BILL_202601.dat", 2)]
