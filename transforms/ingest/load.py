@@ -181,7 +181,7 @@ def _load(con, home: Path, delivery: Delivery, control, checksum: Checksum, run_
             _load_records(con, name, records)
         tally.add(part, repeats)
         loaded += records.height
-    md5 = checksum.verified()  # first: a file that is not the one described is MD5_MISMATCH, whatever its lines
+    md5 = checksum.verified()  # before anything commits: the file must be the one its control file describes
     _check_counts(tally, control, max_quarantine_share)
     orphans = 0 if name.kind == "ACCT" else _count_orphans(con, name)
     _insert_quarantine(con, delivery, tally.quarantine(), run_id)
