@@ -6,6 +6,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from tests.builders import Sub, deliver
@@ -13,8 +14,7 @@ from transforms.core.calendar import Month
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.load import ingest_delivery, reconciliation_failures
-from transforms.warehouse.db import snapshot_date_for
-from transforms.warehouse.db import connect
+from transforms.warehouse.db import connect, in_any_order, snapshot_date_for
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
 
@@ -276,8 +276,6 @@ def test_a_file_refused_for_its_md5_is_not_read_again_the_next_night(home, con):
 def test_bill_rows_go_in_in_any_order_and_the_connection_keeps_order_afterwards(home, con):
     """raw.bill is only aggregated, so its insert may reorder rows (db.in_any_order); every later statement of the
     connection keeps insertion order again, also after a failed load."""
-    import duckdb
-    from transforms.warehouse.db import in_any_order
     seen = []
     con.execute("CREATE TEMP TABLE probe (x INTEGER)")
     with pytest.raises(duckdb.Error):
