@@ -17,7 +17,11 @@ from transforms.core.calendar import Month
 from transforms.grade.grading import GradingInputs, grade
 from transforms.grade.packs import pack_for_month
 from transforms.grade.points import PointsMonth, apply_points_to_totals
-from transforms.runs.shards import InProcess, grade_on_shards, points_on_shards
+from transforms.ingest.landing import Delivery
+from transforms.ingest.layouts import parse_extract_name
+from transforms.runs.month_state import window_complete
+from transforms.runs.shards import (InProcess, aggregate_on_shards, bill_sums_root, grade_on_shards, keep_bill_sums,
+                                    parse_on_shards, points_on_shards, work_folder)
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 from transforms.synth.generate import generate_province
 from transforms.warehouse import inputs
@@ -171,3 +175,76 @@ def test_each_month_of_history_is_exported_once_and_again_when_the_month_is_run_
         assert f"2025-06.regrade-06.{sharding}" in third and f"2025-06.{june_run}.{sharding}" not in third
     finally:
         con.close()
+
+
+def kept_bill_sums(home: Path, month: Month, count: int, loader_run: str | None = None) -> Path:
+    """BILL_M of `home` parsed again in `count` byte ranges, as the ingest run on shards that loaded it did
+    (`loader_run`: that run, by default the one ops.delivery names), its partial sums kept as that load keeps
+    them; returns the kept folder."""
+    file_name = f"BILL_{month.compact}.dat"
+    day, path, encoding, run_id = query(home, "SELECT day, path, encoding, run_id FROM ops.delivery "
+                                              "WHERE file_name = ? AND status = 'LOADED'", [file_name])[0]
+    loader_run = loader_run or run_id
+    delivery = Delivery(day, home / "landing" / path, parse_extract_name(file_name))
+    parts = list(parse_on_shards(lambda: InProcess(count, work_folder(home, loader_run)), delivery.dat_path,
+                                 delivery.name, encoding, day))
+    assert sum(p.records.height for p in parts) > 500
+    keep_bill_sums(home, loader_run, delivery)
+    return bill_sums_root(home / "work") / f"{file_name}.{day:%Y%m%d}.{loader_run}"
+
+
+@pytest.mark.parametrize("count", [1, 3, 16])
+def test_the_month_aggregated_on_shards_from_the_partial_sums_of_bill_is_the_local_one(home, tmp_path, count):
+    """August's mart.subscriber_month summed on the shards from the partial sums of BILL_202508's byte ranges
+    (kept when its load was recorded) with the exports of March..July: the rows the local path wrote."""
+    home_copy, august = tmp_path / "home", Month(2025, 8)
+    shutil.copytree(home, home_copy)
+    kept = kept_bill_sums(home_copy, august, count)
+    assert len(list(kept.glob("range-*"))) == count and not (work_folder(home_copy, "x") / "bill").exists()
+    expected = query(home, "SELECT * FROM mart.subscriber_month WHERE month = '2025-08-01' ORDER BY subs_id")
+    assert len(expected) > 150 and all(row[-1] is not None for row in expected)  # sum6 complete in August
+    con = connect(home_copy)
+    try:
+        con.execute("DELETE FROM mart.subscriber_month WHERE month = '2025-08-01'")
+        assert aggregate_on_shards(con, august, snapshot_date_for(con, august), window_complete(con, august, 6),
+                                   InProcess(count, work_folder(home_copy, "monthly-run")))
+        rows = con.execute("SELECT * FROM mart.subscriber_month WHERE month = '2025-08-01'").fetchall()
+    finally:
+        con.close()
+    assert rows == expected  # in the local path's physical order too (by subs_id)
+    shard_rows = [pl.read_parquet(p).height for p in
+                  (work_folder(home_copy, "monthly-run") / "2025-08" / "aggregate" / "outputs").glob("*.parquet")]
+    assert len(shard_rows) == count and sum(shard_rows) == len(expected)
+
+
+def test_the_month_is_aggregated_on_the_driver_without_partial_sums_of_the_loaded_bill(home, tmp_path):
+    """Partial sums are used only when they are those of the loaded delivery, complete, for as many shards hashed
+    the same way; the sums of another delivery are removed."""
+    home_copy, august = tmp_path / "home", Month(2025, 8)
+    shutil.copytree(home, home_copy)
+    con = connect(home_copy)
+
+    def aggregated_on(count: int) -> bool:
+        return aggregate_on_shards(con, august, snapshot_date_for(con, august), True,
+                                   InProcess(count, work_folder(home_copy, "monthly-run")))
+    try:
+        assert not aggregated_on(2)  # the local path loaded it: nothing kept
+        con.close()
+        other = kept_bill_sums(home_copy, august, 2, loader_run="an-earlier-run")  # not the run that loaded it
+        con = connect(home_copy)
+        assert not aggregated_on(2) and not other.exists()
+        con.close()
+        kept = kept_bill_sums(home_copy, august, 2)
+        con = connect(home_copy)
+        assert not aggregated_on(3)  # hashed for two shards
+        (kept / "range-1" / "sharding").unlink()  # a range cut short
+        assert not aggregated_on(2)
+        (kept / "range-1" / "sharding").write_text("2-0")  # another hash function
+        assert not aggregated_on(2)
+        assert query_rows(con, "SELECT count(*) FROM mart.subscriber_month WHERE month = '2025-08-01'") > 150
+    finally:
+        con.close()
+
+
+def query_rows(con, sql: str) -> int:
+    return con.execute(sql).fetchone()[0]

@@ -45,10 +45,11 @@ def run_folders(home) -> list[str]:
     return [p.name for p in (home / "work").iterdir() if p.name != "history"]
 
 
-def july_run(home) -> tuple[str, dict]:
-    status, checks = query(home, "SELECT status, checks FROM ops.run_ledger WHERE flow = 'monthly' "
-                                 "AND period = '2026-07' ORDER BY started_at DESC LIMIT 1")[0]
-    return status, json.loads(checks) if checks else {}
+def july_run(home) -> tuple[str, dict, dict]:
+    """status, checks and step timings of July's last monthly run."""
+    status, checks, timings = query(home, "SELECT status, checks, timings FROM ops.run_ledger WHERE flow = 'monthly' "
+                                          "AND period = '2026-07' ORDER BY started_at DESC LIMIT 1")[0]
+    return status, json.loads(checks) if checks else {}, json.loads(timings) if timings else {}
 
 
 @pytest.fixture
@@ -98,9 +99,12 @@ def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_p
 
     rerun = run_on_dask(home, cli_env)  # on a LocalCluster (--workers 2)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    status, checks = july_run(home)
+    status, checks, timings = july_run(home)
     assert status == "SUCCESS" and checks["shards"] == 2  # graded on the cluster, one shard per worker
-    assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "metrics-2026-07", "grade-2026-07")
+    # July summed on the shards from the partial sums its BILL's two ranges left on the first cluster
+    assert "aggregate_shards" in timings["steps"], timings
+    assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "aggregate-2026-07", "metrics-2026-07",
+                                             "grade-2026-07")
             for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
     assert state(home) == reference
     assert run_folders(home) == []  # the shards' files are gone with the run (the history exports stay)

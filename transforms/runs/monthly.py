@@ -1,7 +1,9 @@
 """The monthly run of grading month M (rules.md): one DuckDB transaction, validated before it commits.
 
 The steps, in order (each timed for ops.run_ledger):
-  aggregate       BILL_M -> mart.subscriber_month (earlier months come from the stored aggregates)
+  aggregate       BILL_M -> mart.subscriber_month (earlier months come from the stored aggregates); over
+                  subscriber shards, from the partial sums BILL_M's byte ranges left, when options.shards is
+                  given and they were kept
   gate 2          grading inputs (quality.gates.gate_grading_inputs)
   points          redemptions, expiry and accrual of M (over subscriber shards when options.shards is given)
                   -> points ledger and mart.points_balance
@@ -37,7 +39,7 @@ from transforms.grade.rulepack import RulePack
 from transforms.quality.gates import gate_breaker, gate_grading_inputs, gate_outputs
 from transforms.runs.ledger import StepTimer
 from transforms.runs.owed import PUBLISH, REPORT, owe, owe_files
-from transforms.runs.shards import ShardMap, grade_on_shards, points_on_shards
+from transforms.runs.shards import ShardMap, aggregate_on_shards, grade_on_shards, points_on_shards
 from transforms.runs.month_state import (MonthlyError, check_ordering, record_month_state, require_bill,
                                          window_complete)
 from transforms.warehouse import inputs
@@ -93,7 +95,10 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
     steps = StepTimer()
     with transaction(con, "monthly"):
         with steps("aggregate"):
-            write_subscriber_month(con, month, window_complete(con, month, SUM6_MONTHS))
+            sum6_complete = window_complete(con, month, SUM6_MONTHS)
+            if options.shards is None or not aggregate_on_shards(con, month, snapshot, sum6_complete,
+                                                                 options.shards, steps):
+                write_subscriber_month(con, month, sum6_complete)
             spans = subscriber_ranges(con, month)  # of M's subscribers, now aggregated
         with steps("gate_grading_inputs"):
             checks = [gate_grading_inputs(con, month, pack.grading_window,

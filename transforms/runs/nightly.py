@@ -1,7 +1,8 @@
 """The nightly unit of work: load the delivered files, each in its own transaction (transforms.ingest.load).
 
 What must follow a file's load commits with it (transforms.runs.owed): the publication of the analysts' copy
-(ops.delivery changed), and for a loaded ACCT snapshot the nightly LOST notices of its day (transforms.deliver.sets).
+(ops.delivery changed), for a loaded ACCT snapshot the nightly LOST notices of its day (transforms.deliver.sets),
+and for a BILL file parsed in byte ranges on shards the partial sums its ranges left (shards.keep_bill_sums).
 An OVERRIDE record is checked against the pack versions in force for its months: one naming a tier such a pack
 does not have is quarantined (UNKNOWN_TIER) instead of failing every monthly run it covers.
 """
@@ -22,6 +23,7 @@ from transforms.ingest.layouts import REVOKED_TIER, ExtractName
 from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.load import IngestResult, Parse, ingest_delivery
 from transforms.runs.owed import PUBLISH, owe, owe_files, owed_folder
+from transforms.runs.shards import keep_bill_sums
 
 
 def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery], run_id: str,
@@ -31,6 +33,8 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
     first version); `parse` reads a file (load.ingest_delivery)."""
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
+        if status == "LOADED" and delivery.name.kind == "BILL":
+            keep_bill_sums(home, run_id, delivery)  # when its byte ranges were parsed on shards
         if status == "LOADED" and delivery.name.kind == "ACCT":
             day = parse_day(delivery.name.period)
             pack = pack_for(Month.of(day))

@@ -5,6 +5,13 @@ The driver (the process holding the warehouse's writer lock, inside the monthly 
 shards read as Parquet partitioned by shard, in the run's work folder under the home; each shard runs in its own
 in-memory DuckDB and writes its results there; only the driver reads them back and writes the warehouse.
 
+  ranges  bill      BILL_M parsed in byte ranges at ingest (parse_on_shards), each range's partial sums per
+                    subscriber by shard beside its records; kept under the delivery once its load is recorded
+                    (keep_bill_sums)
+  driver  export    M-5..M-1 of mart.subscriber_month (inputs.AGGREGATE_SOURCES)
+  shards  aggregate marts.subscriber_month_query over the shard's partial sums summed again: the driver inserts
+                    the union as M's mart.subscriber_month (aggregate_on_shards; on the driver, from raw.bill,
+                    when the loaded BILL_M left no sums for this sharding)
   driver  export    what the points step reads (inputs.POINTS_SOURCES), each row in shard hash(subs_id) % count
   shards  points    points.apply_points_to_totals over inputs.points_inputs of the shard's rows
   driver  gather    the union of the points frames, which the monthly run writes as the local path's
@@ -28,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -43,17 +50,24 @@ from transforms.grade.grading import Graded, GradingInputs, grade
 from transforms.grade.points import PointsMonth, apply_points_to_totals
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.extracts import ParsedFile, follow_on, line_ranges, parse_extract_parts, parse_extract_range
+from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
 from transforms.warehouse.ranges import EVERYONE, SubsRange
-from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
+from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS, first_row
+from transforms.warehouse.marts import (bill_sums_query, resummed_query, subscriber_month_params,
+                                        subscriber_month_query, write_subscriber_month)
 
 GRADED = ("assignment", "changes", "entitlement_changes")  # what the grade step writes, a frame of Graded each
 POINTS = tuple(f.name for f in fields(PointsMonth))  # what the points step writes
 # Inputs whose rows of month m only the monthly run of m writes (it records itself in ops.month_state): their
 # export of a month stays right until the month is run again, so each month is exported once (_history).
 HISTORY = {"mart.subscriber_month": "month", "staging.points_lot": "earn_month", "staging.points_move": "month"}
+BILL_SUMS = "raw.bill_sums"  # a shard's view of the partial sums of BILL_M's byte ranges (aggregate_on_shards)
+# The partial sums of a BILL file loaded are kept for the monthly runs of this month and the two before it (a
+# correction's regrade); an older month is aggregated on the driver if it is ever run again.
+BILL_SUMS_KEPT_MONTHS = 3
 # Kept this long before M; an older month is exported again if a step ever reads it (costs time, never results).
 HISTORY_KEPT_MONTHS = 60
 
@@ -148,6 +162,87 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
     return ShardGrading(work, overrides)
 
 
+def aggregate_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, sum6_complete: bool,
+                        run: ShardMap, steps: StepTimer | None = None) -> bool:
+    """mart.subscriber_month of M as the local path writes it (marts.write_subscriber_month), summed on the
+    shards from the partial sums that the byte ranges of BILL_M left when it was loaded (keep_bill_sums), with
+    M-5..M-1 from their exports. False, and nothing written, when the loaded BILL_M left none for run.count
+    shards hashed as here (loaded by the local path, on another number of workers, or too long ago): the caller
+    aggregates it. `steps` times the phases (aggregate_export, aggregate_shards, aggregate_write)."""
+    steps = steps or StepTimer()
+    ranges = _bill_sums_of(con, month, run)
+    if ranges is None:
+        return False
+    with steps("aggregate_export"):
+        params = subscriber_month_params(month, sum6_complete)
+        work = _export_sources(con, run, month, snapshot, "aggregate", inputs.AGGREGATE_SOURCES, params)
+        work = replace(work, sources=work.sources + ((BILL_SUMS, ranges),))
+    with steps("aggregate_shards"):
+        run("aggregate", work, sum6_complete)
+    with steps("aggregate_write"):
+        write_subscriber_month(con, month, sum6_complete,
+                               [str(work.output_path("subscriber_month", k)) for k in range(work.count)])
+    return True
+
+
+def _bill_sums_of(con, month: Month, run: ShardMap) -> tuple[Path, ...] | None:
+    """The range folders of the partial sums of the loaded BILL_M, if its load kept them for this sharding;
+    the kept sums of other deliveries, and of months before M's kept window, are removed."""
+    root = bill_sums_root(run.folder.parent)
+    if not root.is_dir():
+        return None
+    loaded = {_bill_sums_name(file, day, run_id) for file, day, run_id in con.execute(
+        "SELECT file_name, day, run_id FROM ops.delivery WHERE kind = 'BILL' AND status = 'LOADED' "
+        "AND period >= ?", [f"{(month - (BILL_SUMS_KEPT_MONTHS - 1)).compact}"]).fetchall()}
+    for entry in root.iterdir():
+        if entry.name not in loaded:
+            shutil.rmtree(entry, ignore_errors=True)
+    row = first_row(con, "SELECT day, run_id FROM ops.delivery WHERE file_name = ? AND status = 'LOADED'",
+                    [f"BILL_{month.compact}.dat"])
+    folder = root / _bill_sums_name(f"BILL_{month.compact}.dat", *row) if row else None
+    if folder is None or not (folder / "complete").exists():
+        return None
+    ranges = tuple(sorted(folder.glob("range-*")))
+    sharding = _sharding(con, run.count)
+    if len(ranges) != int((folder / "complete").read_text()) or any(
+            not (r / "sharding").exists() or (r / "sharding").read_text() != sharding for r in ranges):
+        return None
+    return ranges
+
+
+def bill_sums_root(work_root: Path) -> Path:
+    """Where the partial sums of loaded BILL files are kept (<home>/work/history/bill_sums)."""
+    return work_root / "history" / "bill_sums"
+
+
+def _bill_sums_name(file_name: str, day: date, run_id: str) -> str:
+    """A kept delivery's folder: the file, its day and the run that loaded it (its row of ops.delivery)."""
+    return f"{file_name}.{day:%Y%m%d}.{run_id}"
+
+
+def keep_bill_sums(home: Path, run_id: str, delivery: Delivery) -> None:
+    """Keeps the partial sums that the byte ranges of a BILL file left in this run's work folder
+    (parse_on_shards) for the monthly runs of its month, under the delivery; called as its load is recorded
+    (the file's MD5 verified: the sums are of the very file loaded). A file parsed here, whole, left none."""
+    staged = _staged_bill_sums(work_folder(home, run_id), delivery.name, delivery.day)
+    if not (staged / "complete").exists():
+        return
+    kept = bill_sums_root(Path(home) / "work") / _bill_sums_name(delivery.name.file_name, delivery.day, run_id)
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, kept)
+
+
+def _staged_bill_sums(run_folder: Path, name: ExtractName, day: date) -> Path:
+    return run_folder / "bill" / f"{name.file_name}.{day:%Y%m%d}.sums"
+
+
+def _sharding(con, count: int) -> str:
+    """The shard count and a probe of the hash function: a subscriber's rows in two exports (or partial sums)
+    fall in the same shard only if both are the same."""
+    return f"{count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchone()[0]}"
+
+
 def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack, run: ShardMap,
                      steps: StepTimer | None = None) -> PointsMonth:
     """The points of M as the local path computes them (points.apply_points_to_totals over inputs.points_inputs),
@@ -213,7 +308,7 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
     root = run.folder.parent / "history" / table
     root.mkdir(parents=True, exist_ok=True)
     # the same count and hash function as this run's other exports, or a subscriber's rows would be split
-    sharding = f"{run.count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchone()[0]}"
+    sharding = _sharding(con, run.count)
     oldest_kept = f"{(Month.of(params['m']) - HISTORY_KEPT_MONTHS).first_day:%Y-%m}"
     for entry in root.iterdir():
         if _superseded(entry.name, written, run_id, oldest_kept):
@@ -265,6 +360,8 @@ class RangeWork:
     encoding: str
     delivery_day: date
     ranges: tuple[tuple[int, int], ...]
+    sums: Path | None = None  # BILL: where each range writes its partial sums per subscriber, by shard
+    shards: int = 0           # ... of the monthly run's shards (a small file may have fewer ranges)
 
     @property
     def count(self) -> int:
@@ -288,21 +385,43 @@ def parse_on_shards(shards: Callable[[], ShardMap], dat_path: Path, name: Extrac
         yield from parse_extract_parts(dat_path, name, encoding, delivery_day)
         return
     run = shards()
+    sums = _staged_bill_sums(run.folder, name, delivery_day) if name.kind == "BILL" else None
+    if sums is not None:
+        shutil.rmtree(sums, ignore_errors=True)
     work = RangeWork(run.folder / "bill", dat_path, name, encoding, delivery_day,
-                     tuple(line_ranges(dat_path, run.count)))
+                     tuple(line_ranges(dat_path, run.count)), sums, run.count)
     counts = run("bill", work)
+    if sums is not None:  # every range's sums are there: the load may keep them (keep_bill_sums)
+        (sums / "complete").write_text(f"{work.count}\n")
     yield from follow_on(ParsedFile(pl.read_parquet(work.output_path("records", k)),
                                     pl.read_parquet(work.output_path("quarantine", k)), counts[k])
                          for k in range(work.count))
 
 
 def parse_range(work: RangeWork, part: int, limits: ShardLimits) -> int:
-    """One byte range of the file: its records and quarantine rows (lines numbered within the range)."""
+    """One byte range of the file: its records and quarantine rows (lines numbered within the range), and for
+    BILL the partial sums of its records per subscriber, by shard (the whole file's records are loaded, so the
+    sums of all ranges are those of the loaded rows)."""
     start, end = work.ranges[part]
     parsed = parse_extract_range(work.dat_path, work.name, work.encoding, work.delivery_day, start, end)
     _write(parsed.records, work.output_path("records", part))
     _write(parsed.quarantine, work.output_path("quarantine", part))
+    if work.sums is not None:
+        _write_bill_sums(parsed.records, work.sums / f"range-{part}", work.shards, limits)
     return parsed.record_count
+
+
+def _write_bill_sums(records: pl.DataFrame, folder: Path, count: int, limits: ShardLimits) -> None:
+    """bill_sums_query over a range's records, by shard, and the sharding they were hashed with (written last:
+    a folder without it was cut short)."""
+    shutil.rmtree(folder, ignore_errors=True)  # a range run again after its worker died
+    con = duckdb.connect(":memory:", config={"threads": limits.threads, "memory_limit": limits.memory_limit})
+    try:
+        con.register("range_records", records)
+        _export(con, folder, count, bill_sums_query("range_records"), {})
+        (folder / "sharding").write_text(_sharding(con, count))
+    finally:
+        con.close()
 
 
 # --- shards ----------------------------------------------------------------------------------------------------
@@ -357,8 +476,21 @@ def shard_grade(work: ShardWork, shard: int, limits: ShardLimits, pack: RulePack
     return graded.assignment.height
 
 
-STEPS: dict[str, Callable] = {"points": shard_points, "metrics": shard_metrics, "grade": shard_grade,
-                              "bill": parse_range}
+def shard_aggregate(work: ShardWork, shard: int, limits: ShardLimits, sum6_complete: bool) -> int:
+    """The shard's rows of mart.subscriber_month: its subscribers' partial sums summed, with M-5..M-1."""
+    fault_point("in-shard:aggregate")
+    con = _shard_connection(work, shard, limits, (*inputs.AGGREGATE_SOURCES, BILL_SUMS))
+    try:
+        rows = con.sql(subscriber_month_query(resummed_query(BILL_SUMS)),
+                       params=subscriber_month_params(work.month, sum6_complete)).pl()
+    finally:
+        con.close()
+    _write(rows, work.output_path("subscriber_month", shard))
+    return rows.height
+
+
+STEPS: dict[str, Callable] = {"aggregate": shard_aggregate, "points": shard_points, "metrics": shard_metrics,
+                              "grade": shard_grade, "bill": parse_range}
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,17 @@ from transforms.ingest.layouts import REVOKED_TIER
 from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 
 
+# Every shard's export of mart.subscriber_month has these columns: a month's export is kept and read by every step
+# (transforms.runs.shards.HISTORY).
+_SUBSCRIBER_MONTHS = "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month"
+# What marts.subscriber_month_query reads of the months before M (for a shard, as GRADING_METRICS_SOURCES).
+AGGREGATE_SOURCES = {"mart.subscriber_month": f"{_SUBSCRIBER_MONTHS} WHERE month >= $from AND month < $m"}
+
 # What grading_metrics reads of M, table by table: a shard of the monthly run (transforms.runs.shards) gets these
 # rows of its subscribers under the same names and runs grading_metrics unchanged. No personal data: of
 # raw.subscriber_history only the columns the metrics read.
 GRADING_METRICS_SOURCES = {
-    "mart.subscriber_month": "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month "
-                             "WHERE month >= $m12 AND month <= $m",
+    "mart.subscriber_month": f"{_SUBSCRIBER_MONTHS} WHERE month >= $m12 AND month <= $m",
     "raw.susp": "SELECT subs_id, event_time, susp_type FROM raw.susp WHERE event_time >= $m12 AND event_time < $next",
     "staging.points_lot": "SELECT subs_id, earn_month, earned FROM staging.points_lot "
                           "WHERE earn_month >= $m12 AND earn_month <= $m",
@@ -42,8 +47,7 @@ POINTS_SOURCES = {
     "staging.points_move": "SELECT month, subs_id, earn_month, redeemed, expired FROM staging.points_move "
                            "WHERE month >= $oldest AND month < $m",
     "raw.redeem": "SELECT txn_id, subs_id, txn_time, points FROM raw.redeem WHERE txn_time >= $m AND txn_time < $next",
-    "mart.subscriber_month": "SELECT subs_id, month, cons_fen, data_fen, roam_fen FROM mart.subscriber_month "
-                             "WHERE month = $m",
+    "mart.subscriber_month": f"{_SUBSCRIBER_MONTHS} WHERE month = $m",
     "mart.tier_assignment": "SELECT subs_id, grade_month, tier FROM mart.tier_assignment WHERE grade_month = $prev",
     "mart.points_balance": "SELECT subs_id, month, balance FROM mart.points_balance WHERE month = $prev",
 }

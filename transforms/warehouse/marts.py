@@ -149,29 +149,55 @@ def write_tier_summary(con: duckdb.DuckDBPyConnection, month: Month) -> None:
         ORDER BY region_code, tier""", {"m": month.first_day, "prev": (month - 1).first_day})
 
 
-def write_subscriber_month(con: duckdb.DuckDBPyConnection, month: Month, sum6_complete: bool) -> None:
+def write_subscriber_month(con: duckdb.DuckDBPyConnection, month: Month, sum6_complete: bool,
+                           computed: list[str] | None = None) -> None:
     """mart.subscriber_month for M from BILL_M (GIFT and DEPOSIT excluded from consumption), with sum6 from
-    the stored aggregates of M-5..M-1 (a subscriber without rows in a delivered month counts 0)."""
-    m = month.first_day
-    item_sums = ",\n".join(f"coalesce(sum(amount_fen) FILTER (WHERE item_code = '{item}'), 0) "
-                           f"AS {item.lower()}_fen" for item in BILL_ITEMS)
-    con.execute("DELETE FROM mart.subscriber_month WHERE month = ?", [m])
-    mark_changed(con, "subscriber_month", m)
-    con.execute(f"""
-        INSERT INTO mart.subscriber_month
-        WITH items AS (
-            SELECT subs_id,
-                   coalesce(sum(amount_fen) FILTER (WHERE NOT list_contains($excluded, item_code)), 0)
-                       AS cons_fen,
-                   {item_sums}
-            FROM raw.bill WHERE bill_month = $m GROUP BY subs_id),
+    the stored aggregates of M-5..M-1 (a subscriber without rows in a delivered month counts 0); or M's rows as
+    `computed` elsewhere by subscriber_month_query (Parquet files: runs.shards.aggregate_on_shards)."""
+    con.execute("DELETE FROM mart.subscriber_month WHERE month = ?", [month.first_day])
+    mark_changed(con, "subscriber_month", month.first_day)
+    if computed is not None:
+        con.execute(f"INSERT INTO mart.subscriber_month SELECT * FROM read_parquet({computed}) ORDER BY subs_id")
+        return
+    con.execute("INSERT INTO mart.subscriber_month "
+                + subscriber_month_query(bill_sums_query("(SELECT * FROM raw.bill WHERE bill_month = $m)")),
+                subscriber_month_params(month, sum6_complete))
+
+
+def bill_sums_query(rows: str) -> str:
+    """subs_id and its sums of the BILL rows (subs_id, item_code, amount_fen) of `rows`: cons_fen (GIFT and
+    DEPOSIT excluded) and one per item, as BIGINT (a sum is HUGEINT, which Parquet would keep as a double)."""
+    items = "".join(f",\n    CAST(coalesce(sum(amount_fen) FILTER (WHERE item_code = '{item}'), 0) AS BIGINT) "
+                    f"AS {item.lower()}_fen" for item in BILL_ITEMS)
+    excluded = ", ".join(f"'{item}'" for item in EXCLUDED_FROM_CONSUMPTION)
+    return (f"SELECT subs_id,\n    CAST(coalesce(sum(amount_fen) FILTER (WHERE item_code NOT IN ({excluded})), 0) "
+            f"AS BIGINT) AS cons_fen{items}\nFROM {rows} GROUP BY subs_id")
+
+
+def resummed_query(sums: str) -> str:
+    """The sums of bill_sums_query over partial sums of it (`sums`: the same columns, a subscriber's rows split
+    in parts): the sums of the whole."""
+    columns = ["cons_fen"] + [f"{item.lower()}_fen" for item in BILL_ITEMS]
+    return (f"SELECT subs_id, " + ", ".join(f"CAST(sum({c}) AS BIGINT) AS {c}" for c in columns)
+            + f" FROM {sums} GROUP BY subs_id")
+
+
+def subscriber_month_query(items: str) -> str:
+    """M's rows of mart.subscriber_month, ordered by subs_id, from `items` (a query of bill_sums_query's columns)
+    and the stored aggregates of M-5..M-1 (mart.subscriber_month); parameters: subscriber_month_params."""
+    return f"""
+        WITH items AS ({items}),
         earlier AS (
             SELECT subs_id, sum(cons_fen) AS cons5 FROM mart.subscriber_month
             WHERE month >= $from AND month < $m GROUP BY subs_id)
-        SELECT $m, items.*, CASE WHEN $complete THEN items.cons_fen + coalesce(earlier.cons5, 0) END
+        SELECT $m AS month, items.*,
+               CAST(CASE WHEN $complete THEN items.cons_fen + coalesce(earlier.cons5, 0) END AS BIGINT) AS sum6_fen
         FROM items LEFT JOIN earlier USING (subs_id)
-        ORDER BY subs_id""", {"m": m, "from": (month - (SUM6_MONTHS - 1)).first_day, "complete": sum6_complete,
-                              "excluded": list(EXCLUDED_FROM_CONSUMPTION)})
+        ORDER BY subs_id"""
+
+
+def subscriber_month_params(month: Month, sum6_complete: bool) -> dict:
+    return {"m": month.first_day, "from": (month - (SUM6_MONTHS - 1)).first_day, "complete": sum6_complete}
 
 
 def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMonth) -> None:
