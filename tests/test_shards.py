@@ -21,7 +21,8 @@ from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import parse_extract_name
 from transforms.runs.month_state import window_complete
 from transforms.runs.shards import (InProcess, aggregate_on_shards, bill_sums_root, grade_on_shards, keep_bill_sums,
-                                    parse_on_shards, points_on_shards, work_folder)
+                                    parse_on_shards, points_frames, points_on_shards, work_folder)
+from transforms.warehouse.marts import write_points
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 from transforms.synth.generate import generate_province
 from transforms.warehouse import inputs
@@ -105,14 +106,40 @@ def test_the_balances_of_the_month_before_open_as_the_lots_summed(home):
         con.close()
 
 
+POINTS_WRITTEN = {"staging.points_lot": "earn_month", "staging.points_move": "month",
+                  "staging.redemption": "month", "mart.points_balance": "month"}
+
+
+def points_written(con, month: Month) -> dict[str, list[tuple]]:
+    """M's rows of the points ledger, balances and refused redemptions, in their stored order."""
+    written = {t: con.execute(f"SELECT * FROM {t} WHERE {c} = ?", [month.first_day]).fetchall()
+               for t, c in POINTS_WRITTEN.items()}
+    return written | {"ops.quarantine": con.execute(
+        "SELECT * FROM ops.quarantine WHERE reason = 'INSUFFICIENT_POINTS' AND period = ?", [month.first_day]).fetchall()}
+
+
 @pytest.mark.parametrize("count", [1, 3, 16])
 def test_the_points_of_the_shards_are_those_of_the_local_path(home, tmp_path, count):
+    """The shards' points of August are the local path's frames, and written from the shards' files straight
+    (never gathered as frames) they are the same rows of the ledger, in the same order."""
     august, pack = Month(2025, 8), pack_for_month("six-star", Month(2025, 8))
-    con = connect(home, read_only=True)  # August's points again: they read only what came before August's
+    home_copy = tmp_path / "home"
+    shutil.copytree(home, home_copy)
+    con = connect(home_copy)  # August's points again: they read only what came before August's
     try:
         expected = apply_points_to_totals(august, *inputs.points_inputs(con, august, pack),
                                           pack.points.expiry_months)
-        sharded = points_on_shards(con, august, snapshot_date_for(con, august), pack, InProcess(count, tmp_path))
+        files = points_on_shards(con, august, snapshot_date_for(con, august), pack,
+                                 InProcess(count, tmp_path / "work" / "run"))
+        sharded = points_frames(files)
+        written_locally = points_written(con, august)
+        for table, column in POINTS_WRITTEN.items():
+            con.execute(f"DELETE FROM {table} WHERE {column} = '2025-08-01'")
+        write_points(con, august, files)
+        assert points_written(con, august) == written_locally
+        assert len(written_locally["staging.points_lot"]) > 150
+        assert [row[3].split("|")[0] for row in written_locally["ops.quarantine"]
+                if row[3].startswith("RT")] == ["RT1", "RT3", "RT5"]  # of ours, the three refused
     finally:
         con.close()
     def ours(frame):  # beside the generated redemptions
@@ -247,4 +274,4 @@ def test_the_month_is_aggregated_on_the_driver_without_partial_sums_of_the_loade
 
 
 def query_rows(con, sql: str) -> int:
-    return con.execute(sql).fetchone()[0]
+    return con.execute(sql).fetchall()[0][0]

@@ -45,7 +45,7 @@ from transforms.runs.month_state import (MonthlyError, check_ordering, record_mo
 from transforms.warehouse import inputs
 from transforms.warehouse.db import snapshot_date_for, transaction
 from transforms.warehouse.ranges import SubsRange, subscriber_ranges
-from transforms.warehouse.marts import (SUM6_MONTHS, rebuild_tier_current, rebuild_tier_history, write_grade_change,
+from transforms.warehouse.marts import (SUM6_MONTHS, points_totals, rebuild_tier_current, rebuild_tier_history, write_grade_change,
                                         write_points, write_points_expiring, write_subscriber_month,
                                         write_tier_assignment, write_tier_summary)
 
@@ -151,10 +151,7 @@ def _points(con, month: Month, pack: RulePack, snapshot: date, shards: ShardMap 
     else:
         result = points_on_shards(con, month, snapshot, pack, shards, steps)
     write_points(con, month, result)
-    return {"earned": int(result.balances["earned"].sum() or 0),
-            "redeemed": int(result.balances["redeemed"].sum() or 0),
-            "expired": int(result.balances["expired"].sum() or 0),
-            "rejected_redemptions": result.rejected.height}
+    return points_totals(con, month)
 
 
 def _grade(con, month: Month, pack: RulePack, previous_pack: RulePack, snapshot: date,

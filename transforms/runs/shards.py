@@ -240,21 +240,26 @@ def _staged_bill_sums(run_folder: Path, name: ExtractName, day: date) -> Path:
 def _sharding(con, count: int) -> str:
     """The shard count and a probe of the hash function: a subscriber's rows in two exports (or partial sums)
     fall in the same shard only if both are the same."""
-    return f"{count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchone()[0]}"
+    return f"{count}-{con.execute('SELECT hash(?) % 1000003', ['tierflow']).fetchall()[0][0]}"
 
 
 def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, pack: RulePack, run: ShardMap,
-                     steps: StepTimer | None = None) -> PointsMonth:
+                     steps: StepTimer | None = None) -> dict[str, list[str]]:
     """The points of M as the local path computes them (points.apply_points_to_totals over inputs.points_inputs),
-    over run.count shards. `steps` times each phase (points_export, points_shards, points_gather)."""
+    over run.count shards: per frame of PointsMonth, the shards' Parquet files of it (marts.write_points reads
+    them; points_frames gathers them). `steps` times each phase (points_export, points_shards)."""
     steps = steps or StepTimer()
     with steps("points_export"):
         work = _export_sources(con, run, month, snapshot, "points", inputs.POINTS_SOURCES,
                                inputs.points_params(month, pack.points.expiry_months))
     with steps("points_shards"):
         run("points", work, pack)
-    with steps("points_gather"):
-        return PointsMonth(*(_gather(work, name) for name in POINTS))
+    return {name: [str(work.output_path(name, k)) for k in range(work.count)] for name in POINTS}
+
+
+def points_frames(files: dict[str, list[str]]) -> PointsMonth:
+    """The frames of points_on_shards' files, in the local path's order (by subs_id, then as in the shard)."""
+    return PointsMonth(*(_union_by_subscriber([pl.read_parquet(f) for f in files[name]]) for name in POINTS))
 
 
 def _export_sources(con, run: ShardMap, month: Month, snapshot: date, part: str, sources: dict[str, str],
@@ -345,7 +350,11 @@ def _gather(work: ShardWork, name: str, span: SubsRange = EVERYONE) -> pl.DataFr
     """The union of every shard's output (of the subscribers in `span`) in the local path's order: by subs_id,
     and within a subscriber (whose rows all come from one shard) in the shard's order (e.g. lots by month,
     redemptions by time)."""
-    frames = [span.of(pl.scan_parquet(work.output_path(name, k))).collect() for k in range(work.count)]
+    return _union_by_subscriber([span.of(pl.scan_parquet(work.output_path(name, k))).collect()
+                                 for k in range(work.count)])
+
+
+def _union_by_subscriber(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id", maintain_order=True)
 
 

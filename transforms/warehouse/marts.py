@@ -9,6 +9,7 @@ Inputs come as frames from transforms.grade (pure) or as SQL over the tables alr
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import date
 
 import duckdb
@@ -200,22 +201,27 @@ def subscriber_month_params(month: Month, sum6_complete: bool) -> dict:
     return {"m": month.first_day, "from": (month - (SUM6_MONTHS - 1)).first_day, "complete": sum6_complete}
 
 
-def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMonth) -> None:
+def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMonth | dict[str, list[str]]) -> None:
     """The points ledger of M (new lots, what M took from older lots, the redemptions and their outcome) and
-    mart.points_balance; a rejected redemption is quarantined with its file and line."""
+    mart.points_balance; a rejected redemption is quarantined with its file and line. `result`: the frames, or
+    per frame of PointsMonth the Parquet files holding it (runs.shards.points_on_shards: the shards' outputs,
+    read here by DuckDB, never held whole as frames)."""
     m = month.first_day
     for table, column in (("staging.points_lot", "earn_month"), ("staging.points_move", "month"),
                           ("staging.redemption", "month"), ("mart.points_balance", "month")):
         con.execute(f"DELETE FROM {table} WHERE {column} = ?", [m])
     mark_changed(con, "points_balance", m)
     con.execute("DELETE FROM ops.quarantine WHERE reason = 'INSUFFICIENT_POINTS' AND period = ?", [m])
-    con.register("new_lots", result.new_lots)
-    con.execute("INSERT INTO staging.points_lot SELECT subs_id, earn_month, earned FROM new_lots")
-    con.register("lot_changes", result.lot_changes)
+    names = [f.name for f in fields(PointsMonth)]
+    for name in names:
+        if isinstance(result, PointsMonth):
+            con.register(name, getattr(result, name))
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet({result[name]})")
+    # the rows in the order the points step sorts them, whoever computed them
+    con.execute("INSERT INTO staging.points_lot SELECT subs_id, earn_month, earned FROM new_lots ORDER BY subs_id")
     con.execute("INSERT INTO staging.points_move SELECT ?, subs_id, earn_month, redeemed, expired "
-                "FROM lot_changes", [m])
-    con.register("accepted", result.accepted)
-    con.register("rejected", result.rejected)
+                "FROM lot_changes ORDER BY subs_id, earn_month", [m])
     con.execute("""INSERT INTO staging.redemption
                    SELECT $m, txn_id, subs_id, txn_time, points, 'APPLIED' FROM accepted
                    UNION ALL SELECT $m, txn_id, subs_id, txn_time, points, 'INSUFFICIENT_POINTS' FROM rejected
@@ -229,7 +235,6 @@ def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMon
                           'redemption of ' || r.points || ' points, balance at its time ' || x.balance_at_time,
                           $m, NULL
                    FROM rejected x JOIN raw.redeem r USING (txn_id) ORDER BY r.file_name, r.line_no""", {"m": m})
-    con.register("balances", result.balances)
     pyp_sql, pyp_params = _prior_year_points_query(con, month)
     con.execute(f"""
         INSERT INTO mart.points_balance
@@ -238,8 +243,22 @@ def write_points(con: duckdb.DuckDBPyConnection, month: Month, result: PointsMon
                coalesce(b.balance, 0), coalesce(pyp.prior_year_points, 0), 0
         FROM balances b FULL OUTER JOIN pyp USING (subs_id)
         ORDER BY subs_id""", {"m": m} | pyp_params)
-    for name in ("new_lots", "lot_changes", "accepted", "rejected", "balances"):
-        con.unregister(name)
+    for name in names:
+        if isinstance(result, PointsMonth):
+            con.unregister(name)
+        else:
+            con.execute(f"DROP VIEW {name}")
+
+
+def points_totals(con: duckdb.DuckDBPyConnection, month: Month) -> dict:
+    """M's points as the run ledger keeps them: earned, redeemed, expired and the redemptions refused."""
+    earned, redeemed, expired = con.execute(
+        "SELECT coalesce(sum(earned), 0), coalesce(sum(redeemed), 0), coalesce(sum(expired), 0) "
+        "FROM mart.points_balance WHERE month = ?", [month.first_day]).fetchall()[0]
+    rejected = con.execute("SELECT count(*) FROM staging.redemption WHERE month = ? AND status = "
+                           "'INSUFFICIENT_POINTS'", [month.first_day]).fetchall()[0][0]
+    return {"earned": int(earned), "redeemed": int(redeemed), "expired": int(expired),
+            "rejected_redemptions": int(rejected)}
 
 
 def _prior_year_points_query(con: duckdb.DuckDBPyConnection, month: Month) -> tuple[str, dict]:
