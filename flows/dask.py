@@ -3,7 +3,8 @@
 `tierflow monthly|backfill --workers N` starts a LocalCluster of N worker processes on this machine for the run;
 `--dask-address tcp://HOST:PORT` (or TIERFLOW_DASK_ADDRESS) uses a running cluster, whose workers must see the
 home at the same path. The flow then runs on a DaskTaskRunner: a BILL file is parsed in one byte range per worker,
-and the monthly run of each month grades over one shard per worker (transforms.runs.shards). Every part is a
+and the monthly run of each month aggregates it, accrues points and grades over one shard per worker
+(transforms.runs.shards). Every part is a
 Prefect task on a worker; the driver (the flow's process, the only one that writes the warehouse) exports,
 gathers and writes. Without either option nothing here is used.
 """

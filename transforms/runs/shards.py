@@ -14,7 +14,7 @@ in-memory DuckDB and writes its results there; only the driver reads them back a
                     when the loaded BILL_M left no sums for this sharding)
   driver  export    what the points step reads (inputs.POINTS_SOURCES), each row in shard hash(subs_id) % count
   shards  points    points.apply_points_to_totals over inputs.points_inputs of the shard's rows
-  driver  gather    the union of the points frames, which the monthly run writes as the local path's
+  driver  write     the shards' points files inserted by DuckDB, in the local path's order (marts.write_points)
   driver  export    grading_metrics' sources (inputs.GRADING_METRICS_SOURCES, with M's points now written), the
                     overrides, tier spells and M-1's assignment
   shards  metrics   inputs.grading_metrics over the shard's rows, the same SQL as the local path
