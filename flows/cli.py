@@ -163,6 +163,8 @@ def cmd_generate(args, home: Path) -> int:
 
 
 def cmd_nightly(args, home: Path) -> int:
+    from transforms.quality.suites import validate_in_a_process
+    validate_in_a_process()  # GE in a process of its own, once a file to load is found
     from flows.pipeline import nightly_flow
     summary = nightly_flow(str(home), args.day)
     print(f"nightly {args.day}: {summary['loaded']} file(s) loaded, {len(summary['rejected'])} rejected, "
@@ -171,6 +173,7 @@ def cmd_nightly(args, home: Path) -> int:
 
 
 def cmd_monthly(args, home: Path) -> int:
+    _validate_beside()
     from flows.dask import on_cluster
     from flows.pipeline import monthly_flow
     if args.accept_mass_change and not (args.reason or "").strip():
@@ -181,12 +184,20 @@ def cmd_monthly(args, home: Path) -> int:
 
 
 def cmd_backfill(args, home: Path) -> int:
+    _validate_beside()
     from flows.dask import on_cluster
     from flows.pipeline import backfill_flow
     lines = on_cluster(backfill_flow, args.workers, args.dask_address)(str(home), args.start, args.end, args.rules,
                                                                       args.dry_run)
     print("\n".join(lines) if lines else "nothing to do: every month is up to date")
     return 0
+
+
+def _validate_beside() -> None:
+    """A run that validates: Great Expectations imported in its validation process from now on, on the other
+    core, while this one imports and starts Prefect (transforms.quality.validator)."""
+    from transforms.quality.suites import start_validator
+    start_validator()
 
 
 def cmd_status(args, home: Path) -> int:

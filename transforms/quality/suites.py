@@ -14,17 +14,21 @@ with the dict itself: the check fails without an error).
 
 One ephemeral GE context serves the process: its pandas data source, one asset per suite and the suites, rebuilt
 when their JSON changes; a validation keeps nothing in it. Great Expectations is imported on first use only (its
-import costs seconds), or on a thread by `warm_up_in_background` while the caller reads a file.
+import costs seconds), or on a thread by `warm_up_in_background` while the caller reads a file; or, for a run of
+the CLI, in a validation process of its own (start_validator, transforms.quality.validator), which then
+validates every suite while the results stay here.
 
 Usage: `run_suite(...)` returns a GateResult; `result.raise_if_failed()` raises GateFailed carrying it.
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import math
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -160,7 +164,10 @@ def warm_up_in_background() -> None:
     the gate that follows finds GE ready instead of importing it then. Not a daemon: a process that ends
     before any gate waits for the import rather than exiting in the middle of it. A failed import is
     raised again by the gate's own call."""
-    if _warm_up_started.is_set() or _ge.cache_info().currsize:
+    if _validator is not None or _warm_up_started.is_set() or _ge.cache_info().currsize:
+        return
+    if _validator_on_warm_up:
+        start_validator()
         return
     _warm_up_started.set()
     threading.Thread(target=_ge_under_lock, name="great-expectations-import").start()
@@ -254,11 +261,33 @@ def _require_params(suite_name: str, suite, params: Mapping) -> None:
 
 def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir: Path | None = None,
               result_name: str | None = None, variant: str | None = None) -> GateResult:
-    """Validates one frame with one suite, its $PARAMETERs taken from `params`; writes GE's validation result
-    to results_dir/<result_name or suite_name>.json when results_dir is given (volatile fields removed: same
-    inputs, same file)."""
+    """Validates one frame with one suite, its $PARAMETERs taken from `params` (in the validation process when
+    one was started: start_validator); writes GE's validation result to results_dir/<result_name or
+    suite_name>.json when results_dir is given (volatile fields removed: same inputs, same file)."""
     if result_name is not None and not _RESULT_NAME.match(result_name):
         raise ValueError(f"invalid result name {result_name!r}")
+    validated = _validated(suite_name, frame, dict(params), variant)
+    path = None
+    if results_dir is not None:
+        path = _write_results(validated.doc, validated.ordered_ids, Path(results_dir), result_name or suite_name,
+                              params, validated.frame)
+    return GateResult(suite_name, not validated.failures, validated.failures, validated.statistics,
+                      results_path=path)
+
+
+@dataclass
+class Validated:
+    """What a validation found: the failures in suite order, GE's statistics and result document, the ids of
+    the suite's expectations in order, and the frame as validated (the suite's columns)."""
+    failures: list[GateFailure]
+    statistics: dict
+    doc: dict
+    ordered_ids: list[str]
+    frame: pd.DataFrame
+
+
+def validate(suite_name: str, frame: pd.DataFrame, params: dict, variant: str | None = None) -> Validated:
+    """One frame validated with one suite by this process's GE context."""
     with _ge_lock:
         prepared = _prepared(suite_name, variant)
         _require_params(suite_name, prepared.suite, params)
@@ -266,20 +295,59 @@ def run_suite(suite_name: str, frame: pd.DataFrame, params: Mapping, results_dir
         batch = prepared.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         # A gate nearly always passes: BOOLEAN_ONLY answers that in a third of the time. Only a failure is
         # validated again with COMPLETE: all unexpected row indexes, to weight counts (frames are aggregated).
-        validation = batch.validate(prepared.suite, result_format="BOOLEAN_ONLY",
-                                    expectation_parameters=dict(params))
+        validation = batch.validate(prepared.suite, result_format="BOOLEAN_ONLY", expectation_parameters=params)
         if not validation.success:
-            validation = batch.validate(prepared.suite, result_format="COMPLETE",
-                                        expectation_parameters=dict(params))
+            validation = batch.validate(prepared.suite, result_format="COMPLETE", expectation_parameters=params)
         ordered_ids = [e.id for e in prepared.suite.expectations]
     # GE groups results by column: back to suite order by expectation id.
     by_id = {r.expectation_config.id: r for r in validation.results}
     failures = [_failure(by_id[i], frame, prepared.meta) for i in ordered_ids if not by_id[i].success]
-    path = None
-    if results_dir is not None:
-        path = _write_results(validation.to_json_dict(), ordered_ids, Path(results_dir),
-                              result_name or suite_name, params, frame)
-    return GateResult(suite_name, not failures, failures, dict(validation.statistics), results_path=path)
+    return Validated(failures, dict(validation.statistics), validation.to_json_dict(), ordered_ids, frame)
+
+
+# --- the validation process (transforms.quality.validator) ------------------------------------------------------
+
+_validator = None               # the process's Validator once started
+_validator_on_warm_up = False   # warm_up_in_background starts the validation process instead of a thread
+
+
+def start_validator() -> None:
+    """Starts the validation process (once per process, unless GE is here already): GE is imported there while
+    this process goes on, on the other core. For a run that will validate, started as early as possible."""
+    global _validator
+    if _validator is not None or _ge.cache_info().currsize:
+        return
+    from transforms.quality.validator import Validator
+
+    _validator = Validator()
+    atexit.register(_validator.close)
+
+
+def validate_in_a_process() -> None:
+    """warm_up_in_background, when it is first called, starts the validation process instead of a thread (a run
+    that may find nothing to validate, such as a nightly, starts none)."""
+    global _validator_on_warm_up
+    _validator_on_warm_up = True
+
+
+def _validated(suite_name: str, frame: pd.DataFrame, params: dict, variant: str | None) -> Validated:
+    """validate() in the validation process when there is one, else here; a process that ended (killed, out of
+    memory) is said once on stderr and the run validates here from then on."""
+    global _validator
+    if _validator is not None:
+        from transforms.quality.validator import ValidatorGone
+
+        try:
+            return _validator.validate(suite_name, frame, params, variant)
+        except ValidatorGone as gone:
+            print(f"tierflow: {gone}; validating in this process", file=sys.stderr, flush=True)
+            _validator = None
+    return validate(suite_name, frame, params, variant)
+
+
+def import_ge() -> None:
+    """Great Expectations imported and its context made, now (the validation process does it first)."""
+    _ge()
 
 
 def _failure(result, frame: pd.DataFrame, meta: dict) -> GateFailure:
