@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -370,3 +372,90 @@ print(info.misses, info.hits)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "1"]  # one context built (by the thread), then found by the gate
+
+
+# --- the validation process (transforms.quality.validator) ------------------------------------------------------
+
+def run_script(script: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    """A fresh Python process (this one has GE already) running `script`."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_suite_validated_in_the_validation_process_is_as_validated_here(con, tmp_path):
+    """In a fresh process that started its validation process: July's outputs with a two-tier pack fail there as
+    they fail here, with the same results file byte for byte, a suite's refusal is raised in the run, GE is never
+    imported by the run; once that process is killed the run says so and validates itself, again the same."""
+    frame = outputs_frame(con, JUL, PACK, CHANNELS)
+    frame.to_pickle(tmp_path / "frame.pkl")
+    here = run_suite("outputs", frame, {"tiers": ["UNRATED", "STAR1"]}, tmp_path / "here")
+    script = f"""
+import json, sys
+import pandas as pd
+from transforms.quality import suites
+frame = pd.read_pickle({str(tmp_path / "frame.pkl")!r})
+suites.start_validator()
+there = suites.run_suite("outputs", frame, {{"tiers": ["UNRATED", "STAR1"]}}, {str(tmp_path / "there")!r})
+try:
+    suites.run_suite("outputs", frame, {{"other": 1}})
+except ValueError as refused:
+    print("refused:", refused)
+assert "great_expectations" not in sys.modules
+suites._validator.process.kill()
+suites._validator.process.wait()
+itself = suites.run_suite("outputs", frame, {{"tiers": ["UNRATED", "STAR1"]}}, {str(tmp_path / "itself")!r})
+assert "great_expectations" in sys.modules
+print(json.dumps([r.message() for r in (there, itself)]))
+"""
+    done = run_script(script)
+    assert done.returncode == 0, done.stderr
+    refused, messages = done.stdout.splitlines()
+    assert refused == "refused: suite outputs needs parameter 'tiers' (given: ['other'])"
+    assert json.loads(messages) == [here.message()] * 2 and not here.success
+    assert "the validation process (pid " in done.stderr and "validating in this process" in done.stderr
+    for where in ("there", "itself"):
+        assert (tmp_path / where / "outputs.json").read_bytes() == here.results_path.read_bytes(), where
+
+
+def test_the_validation_process_ends_with_the_run_that_started_it(tmp_path):
+    """A run killed (kill -9) leaves no validation process behind: its end of the pipe closes with it."""
+    script = """
+import os, signal
+from transforms.quality import suites
+suites.start_validator()
+print(suites._validator.process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = run_script(script)
+    assert done.returncode == -9
+    pid = int(done.stdout)  # GE's import first: the child reads its pipe after it
+    deadline = time.monotonic() + 60
+    while not ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ended(pid)
+
+
+def ended(pid: int) -> bool:
+    """The process is gone, or a zombie waiting for whoever adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_nightly_starts_the_validation_process_at_its_first_file_to_read():
+    """After validate_in_a_process (the CLI's nightly), warm_up_in_background starts the validation process, once,
+    and no import thread; without it, nothing is started."""
+    script = """
+import sys, threading
+from transforms.quality import suites
+suites.validate_in_a_process()
+assert suites._validator is None
+suites.warm_up_in_background(); first = suites._validator
+suites.warm_up_in_background()
+assert first is not None and suites._validator is first and first.process.poll() is None
+assert not [t for t in threading.enumerate() if t.name == "great-expectations-import"]
+assert "great_expectations" not in sys.modules
+print("ok")
+"""
+    done = run_script(script)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -56,13 +56,16 @@ class Validator:
         return value
 
     def close(self) -> None:
+        """Ends the child at the run's exit: it holds nothing to keep, and may still be importing GE (a run that
+        failed early does not wait for that)."""
         for stream in (self._out, self._in):
             try:
                 stream.close()
             except OSError:
                 pass
+        self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
 
