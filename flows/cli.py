@@ -163,8 +163,11 @@ def cmd_generate(args, home: Path) -> int:
 
 
 def cmd_nightly(args, home: Path) -> int:
-    from transforms.quality.suites import validate_in_a_process
-    validate_in_a_process()  # GE in a process of its own, once a file to load is found
+    from transforms.quality.suites import start_validator, validate_in_a_process
+    if has_files_to_read(home, args.day):
+        start_validator()  # GE in a process of its own, imported while this one starts Prefect
+    else:
+        validate_in_a_process()  # none started unless the night finds a file after all
     from flows.pipeline import nightly_flow
     summary = nightly_flow(str(home), args.day)
     print(f"nightly {args.day}: {summary['loaded']} file(s) loaded, {len(summary['rejected'])} rejected, "
@@ -191,6 +194,29 @@ def cmd_backfill(args, home: Path) -> int:
                                                                       args.dry_run)
     print("\n".join(lines) if lines else "nothing to do: every month is up to date")
     return 0
+
+
+def has_files_to_read(home: Path, day) -> bool:
+    """Whether tonight has a delivered file the warehouse does not know (load.to_read), as far as a look in
+    read-only mode tells: False when another process holds the warehouse (the run will wait for its lock)."""
+    import duckdb
+
+    from transforms.ingest.landing import scan_landing
+    from transforms.ingest.load import to_read
+    from transforms.warehouse.db import connect, warehouse_path
+    deliveries = scan_landing(home, up_to=parse_day(day)).delivered
+    if not deliveries or not warehouse_path(home).exists():
+        return bool(deliveries)
+    try:
+        con = connect(home, read_only=True)
+    except duckdb.IOException:
+        return False
+    try:
+        return bool(to_read(con, deliveries))
+    except duckdb.CatalogException:  # a warehouse older than its schema: the run will tell
+        return True
+    finally:
+        con.close()
 
 
 def _validate_beside() -> None:

@@ -3,17 +3,20 @@ idempotent reloads and the ACCT change history."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from flows.cli import has_files_to_read
 from tests.builders import Sub, deliver
 from transforms.core.calendar import Month
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.extracts import parse_extract_parts
-from transforms.ingest.load import ingest_delivery, reconciliation_failures
+from transforms.ingest.load import ingest_delivery, reconciliation_failures, to_read
 from transforms.warehouse.db import connect, in_any_order, snapshot_date_for
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "landing"  # copied from the spec samples
@@ -301,3 +304,44 @@ def test_orphans_are_the_distinct_subscribers_no_snapshot_ever_knew(home, con):
     results = ingest_all(con, home)
     assert [(r.file_name, r.orphans) for r in results] == [
         ("ACCT_20260131.dat", 0), ("ACCT_20260201.dat", 0), ("BILL_202601.dat", 2)]
+
+
+def test_to_read_is_what_the_night_would_read(home, con):
+    """load.to_read names the deliveries ingest_delivery would read: not one recorded before under its control file,
+    nor one older than the delivery of its file in use; a new day's file, a newer re-delivery and a malformed
+    control file are to read."""
+    shutil.copytree(SAMPLES, home / "landing")
+    ingest_all(con, home)
+    assert to_read(con, scan_landing(home).delivered) == []
+    deliver(home, "20260201", "SUSP_20260201.dat", ["E9|S0000102|20260201120000|ARREARS_TWOWAY"])
+    deliver(home, "20260125", "BILL_202601.dat", bill_lines(3))  # older than the one of 20260203 in use
+    deliver(home, "20260205", "BILL_202601.dat", bill_lines(4))  # newer: it replaces it
+    (home / "landing" / "20260115" / "SUSP_20260115.chk").write_text("not a control file")
+
+    def named():
+        return [(f"{d.day:%m%d}", d.name.file_name) for d in to_read(con, scan_landing(home).delivered)]
+    assert named() == [("0115", "SUSP_20260115.dat"), ("0201", "SUSP_20260201.dat"), ("0205", "BILL_202601.dat")]
+    statuses = [ingest_delivery(con, home, d, "test").status for d in scan_landing(home).delivered]
+    assert statuses.count("LOADED") == 2 and "REJECTED" in statuses
+    assert named() == [("0115", "SUSP_20260115.dat")]  # still malformed: counted to read, though refused before
+
+
+def test_the_nightly_command_starts_great_expectations_early_only_for_a_night_with_files_to_read(home, con):
+    """`tierflow nightly` starts its validation process first when the landing holds a file to read
+    (cli.has_files_to_read), not for a night with nothing new, nor when another process holds the warehouse
+    (a read-only look cannot be had then: the run waits for the lock and starts it at its first file)."""
+    shutil.copytree(SAMPLES, home / "landing")
+    assert has_files_to_read(home, "2026-01-31")  # no warehouse yet
+    ingest_all(con, home)
+    con.close()
+    assert not has_files_to_read(home, "2026-02-03")
+    deliver(home, "20260204", "SUSP_20260204.dat", ["E9|S0000102|20260204120000|ARREARS_TWOWAY"])
+    assert not has_files_to_read(home, "2026-02-03") and has_files_to_read(home, "2026-02-04")
+    writer = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; duckdb.connect({str(home / 'warehouse.duckdb')!r}); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        assert not has_files_to_read(home, "2026-02-04")
+    finally:
+        writer.kill()
+        writer.wait()

@@ -74,9 +74,7 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     that the run's own rules refuse (an override naming a tier its pack does not have). `parse` reads the file
     in parts (extracts.parse_extract_parts, or in byte ranges on other processes: runs.shards.parse_on_shards)."""
     name = delivery.name
-    current = first_row(
-        con, "SELECT day, md5, status, byte_size FROM ops.delivery WHERE file_name = ? "
-        "AND status IN ('LOADED', 'REJECTED') ORDER BY day DESC LIMIT 1", [name.file_name])
+    current = _current(con, name)
     if current is not None and current[0] > delivery.day:
         return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use",
                                   on_record)
@@ -136,6 +134,35 @@ class _Tally:
     def quarantine(self, repeats: bool = True) -> pl.DataFrame:
         """The quarantine rows (a rejected file's: its defects only, nothing of it was in the warehouse)."""
         return pl.concat([pl.DataFrame(schema=QUARANTINE_SCHEMA), *self._defects, *(self._repeats if repeats else [])])
+
+
+def to_read(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> list[Delivery]:
+    """The deliveries ingest_delivery would read (and gate): neither replaced by a newer delivery of their file
+    nor recorded before under their control file. A malformed control file counts as one to read."""
+    in_use = {row[0]: row[1:] for row in con.execute(
+        f"{_IN_USE} QUALIFY row_number() OVER (PARTITION BY file_name ORDER BY day DESC) = 1").fetchall()}
+    found = []
+    for delivery in deliveries:
+        current = in_use.get(delivery.name.file_name)
+        if current is not None and current[0] > delivery.day:
+            continue
+        try:
+            if _seen_before(delivery, read_control(delivery.chk_path), current):
+                continue
+        except FileRejected:
+            pass
+        found.append(delivery)
+    return found
+
+
+# file_name and (day, md5, status, byte_size) of the deliveries loaded or refused: a file's latest is in use
+_IN_USE = "SELECT file_name, day, md5, status, byte_size FROM ops.delivery WHERE status IN ('LOADED', 'REJECTED')"
+
+
+def _current(con, name: ExtractName) -> tuple | None:
+    """(day, md5, status, byte_size) of the file's delivery in use."""
+    row = first_row(con, f"{_IN_USE} AND file_name = ? ORDER BY day DESC LIMIT 1", [name.file_name])
+    return row[1:] if row else None
 
 
 def _seen_before(delivery: Delivery, control, current) -> bool:
