@@ -326,19 +326,21 @@ def test_to_read_is_what_the_night_would_read(home, con):
     assert named() == [("0115", "SUSP_20260115.dat")]  # still malformed: counted to read, though refused before
 
 
-def test_the_nightly_command_starts_great_expectations_early_only_for_a_night_with_files_to_read(home, con):
+def test_the_nightly_command_starts_great_expectations_early_only_for_a_night_with_files_to_read(home):
     """`tierflow nightly` starts its validation process first when the landing holds a file to read
     (cli.has_files_to_read), not for a night with nothing new, nor when another process holds the warehouse
     (a read-only look cannot be had then: the run waits for the lock and starts it at its first file)."""
     shutil.copytree(SAMPLES, home / "landing")
     assert has_files_to_read(home, "2026-01-31")  # no warehouse yet
+    con = connect(home)
     ingest_all(con, home)
     con.close()
     assert not has_files_to_read(home, "2026-02-03")
     deliver(home, "20260204", "SUSP_20260204.dat", ["E9|S0000102|20260204120000|ARREARS_TWOWAY"])
     assert not has_files_to_read(home, "2026-02-03") and has_files_to_read(home, "2026-02-04")
-    writer = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; duckdb.connect({str(home / 'warehouse.duckdb')!r}); "
-                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    hold = (f"import duckdb, time; con = duckdb.connect({str(home / 'warehouse.duckdb')!r}); "
+            "print('open', flush=True); time.sleep(60)")
+    writer = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "open"
         assert not has_files_to_read(home, "2026-02-04")

@@ -30,11 +30,14 @@ class Validator:
     def __init__(self):
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        # run from the folder holding this very package, so that the child imports the parent's code
+        # Run from the folder holding this very package, so that the child imports the parent's code. Its stderr
+        # only with TIERFLOW_DEBUG: a run killed while GE is still being imported there would otherwise leave
+        # its stderr open to whoever reads it for the seconds the import lasts (its errors come back by the pipe).
         self.process = subprocess.Popen([sys.executable, "-m", "transforms.quality.validator", str(to_child_r),
                                          str(from_child_w)], pass_fds=(to_child_r, from_child_w),
-                                        cwd=Path(__file__).resolve().parents[2],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                        cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=None if os.environ.get("TIERFLOW_DEBUG") else subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
         self._out = os.fdopen(self._to_child, "wb")
