@@ -198,7 +198,8 @@ def cmd_backfill(args, home: Path) -> int:
 
 def has_files_to_read(home: Path, day) -> bool:
     """Whether tonight has a delivered file the warehouse does not know (load.to_read), as far as a look in
-    read-only mode tells: False when another process holds the warehouse (the run will wait for its lock)."""
+    read-only mode tells: False when it cannot tell (another process holds the warehouse, whose lock the run will
+    wait for, or a state only the run's recovery mends): the run then starts GE's process at its first file."""
     import duckdb
 
     from transforms.ingest.landing import scan_landing
@@ -209,14 +210,12 @@ def has_files_to_read(home: Path, day) -> bool:
         return bool(deliveries)
     try:
         con = connect(home, read_only=True)
-    except duckdb.IOException:
+        try:
+            return bool(to_read(con, deliveries))
+        finally:
+            con.close()
+    except duckdb.Error:
         return False
-    try:
-        return bool(to_read(con, deliveries))
-    except duckdb.CatalogException:  # a warehouse older than its schema: the run will tell
-        return True
-    finally:
-        con.close()
 
 
 def _validate_beside() -> None:
