@@ -8,7 +8,7 @@ until its parent closes the pipe or dies (its end of the pipe closes with it). O
 the results file, its fault points and everything else stay in the run's process.
 
 Protocol: pickled (suite_name, frame, params, variant) in, pickled ("ok", suites.Validated) or ("error",
-exception) out, over two pipes given as file descriptors (stdout is left to anything GE might print).
+exception) out, over two pipes given as file descriptors (whatever GE prints on stdout cannot break them).
 """
 from __future__ import annotations
 
