@@ -159,7 +159,8 @@ _warm_up_started = threading.Event()
 
 
 def warm_up_in_background() -> None:
-    """Starts importing Great Expectations on a thread (once per process). Its import is seconds of Python;
+    """Starts importing Great Expectations on a thread (once per process; after validate_in_a_process, in the
+    validation process instead; nothing when that process runs already). Its import is seconds of Python;
     a caller about to read a file (MD5, Polars, DuckDB: native code without the GIL) calls this first, and
     the gate that follows finds GE ready instead of importing it then. Not a daemon: a process that ends
     before any gate waits for the import rather than exiting in the middle of it. A failed import is
