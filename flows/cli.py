@@ -187,7 +187,8 @@ def cmd_monthly(args, home: Path) -> int:
 
 
 def cmd_backfill(args, home: Path) -> int:
-    _validate_beside()
+    if not args.dry_run:  # a dry run only lists what it would do
+        _validate_beside()
     from flows.dask import on_cluster
     from flows.pipeline import backfill_flow
     lines = on_cluster(backfill_flow, args.workers, args.dask_address)(str(home), args.start, args.end, args.rules,

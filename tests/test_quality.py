@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flows import cli, pipeline
 from tests.test_monthly_golden import JAN, JUL, JUN, PACK, graded_golden
 from transforms.ingest import layouts
 from transforms.quality import suites
@@ -459,3 +460,13 @@ print("ok")
 """
     done = run_script(script)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_backfill_starts_its_validation_process_unless_a_dry_run(monkeypatch, tmp_path):
+    """`tierflow backfill` starts the validation process first, `--dry-run` (it only lists) does not."""
+    started = []
+    monkeypatch.setattr(cli, "_validate_beside", lambda: started.append(True))
+    monkeypatch.setattr(pipeline, "backfill_flow", lambda *args: ["2025-01: would be graded"])
+    command = ["backfill", "--home", str(tmp_path), "--start", "2025-01", "--end", "2025-01"]
+    assert cli.main(command + ["--dry-run"]) == 0 and started == []
+    assert cli.main(command) == 0 and started == [True]
