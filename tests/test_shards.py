@@ -21,7 +21,7 @@ from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import parse_extract_name
 from transforms.runs.month_state import window_complete
 from transforms.runs.shards import (InProcess, aggregate_on_shards, bill_sums_root, grade_on_shards, keep_bill_sums,
-                                    parse_on_shards, points_frames, points_on_shards, work_folder)
+                                    parse_on_shards, points_on_shards, work_folder)
 from transforms.warehouse.marts import write_points
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 from transforms.synth.generate import generate_province
@@ -108,6 +108,12 @@ def test_the_balances_of_the_month_before_open_as_the_lots_summed(home):
 
 POINTS_WRITTEN = {"staging.points_lot": "earn_month", "staging.points_move": "month",
                   "staging.redemption": "month", "mart.points_balance": "month"}
+
+
+def points_frames(files: dict[str, list[str]]) -> PointsMonth:
+    """The shards' points files as frames, in the local path's order (by subs_id, then as in the shard)."""
+    return PointsMonth(*(pl.concat([pl.read_parquet(f) for f in files[name]]).sort("subs_id", maintain_order=True)
+                         for name in PointsMonth.__dataclass_fields__))
 
 
 def points_written(con, month: Month) -> dict[str, list[tuple]]:

@@ -55,7 +55,7 @@ from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
 from transforms.warehouse.ranges import EVERYONE, SubsRange
-from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS, first_row
+from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
 from transforms.warehouse.marts import (bill_sums_query, resummed_query, subscriber_month_params,
                                         subscriber_month_query, write_subscriber_month)
 
@@ -191,15 +191,14 @@ def _bill_sums_of(con, month: Month, run: ShardMap) -> tuple[Path, ...] | None:
     root = bill_sums_root(run.folder.parent)
     if not root.is_dir():
         return None
-    loaded = {_bill_sums_name(file, day, run_id) for file, day, run_id in con.execute(
+    loaded = {file: _bill_sums_name(file, day, run_id) for file, day, run_id in con.execute(
         "SELECT file_name, day, run_id FROM ops.delivery WHERE kind = 'BILL' AND status = 'LOADED' "
         "AND period >= ?", [f"{(month - (BILL_SUMS_KEPT_MONTHS - 1)).compact}"]).fetchall()}
     for entry in root.iterdir():
-        if entry.name not in loaded:
+        if entry.name not in loaded.values():
             shutil.rmtree(entry, ignore_errors=True)
-    row = first_row(con, "SELECT day, run_id FROM ops.delivery WHERE file_name = ? AND status = 'LOADED'",
-                    [f"BILL_{month.compact}.dat"])
-    folder = root / _bill_sums_name(f"BILL_{month.compact}.dat", *row) if row else None
+    kept = loaded.get(f"BILL_{month.compact}.dat")
+    folder = root / kept if kept else None
     if folder is None or not (folder / "complete").exists():
         return None
     ranges = tuple(sorted(folder.glob("range-*")))
@@ -247,7 +246,7 @@ def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: dat
                      steps: StepTimer | None = None) -> dict[str, list[str]]:
     """The points of M as the local path computes them (points.apply_points_to_totals over inputs.points_inputs),
     over run.count shards: per frame of PointsMonth, the shards' Parquet files of it (marts.write_points reads
-    them; points_frames gathers them). `steps` times each phase (points_export, points_shards)."""
+    them). `steps` times each phase (points_export, points_shards)."""
     steps = steps or StepTimer()
     with steps("points_export"):
         work = _export_sources(con, run, month, snapshot, "points", inputs.POINTS_SOURCES,
@@ -255,11 +254,6 @@ def points_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: dat
     with steps("points_shards"):
         run("points", work, pack)
     return {name: [str(work.output_path(name, k)) for k in range(work.count)] for name in POINTS}
-
-
-def points_frames(files: dict[str, list[str]]) -> PointsMonth:
-    """The frames of points_on_shards' files, in the local path's order (by subs_id, then as in the shard)."""
-    return PointsMonth(*(_union_by_subscriber([pl.read_parquet(f) for f in files[name]]) for name in POINTS))
 
 
 def _export_sources(con, run: ShardMap, month: Month, snapshot: date, part: str, sources: dict[str, str],
@@ -350,11 +344,7 @@ def _gather(work: ShardWork, name: str, span: SubsRange = EVERYONE) -> pl.DataFr
     """The union of every shard's output (of the subscribers in `span`) in the local path's order: by subs_id,
     and within a subscriber (whose rows all come from one shard) in the shard's order (e.g. lots by month,
     redemptions by time)."""
-    return _union_by_subscriber([span.of(pl.scan_parquet(work.output_path(name, k))).collect()
-                                 for k in range(work.count)])
-
-
-def _union_by_subscriber(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [span.of(pl.scan_parquet(work.output_path(name, k))).collect() for k in range(work.count)]
     return pl.concat([f for f in frames if f.height] or frames[:1]).sort("subs_id", maintain_order=True)
 
 
