@@ -3,8 +3,8 @@
 `tierflow monthly|backfill --workers N` starts a LocalCluster of N worker processes on this machine for the run;
 `--dask-address tcp://HOST:PORT` (or TIERFLOW_DASK_ADDRESS) uses a running cluster, whose workers must see the
 home at the same path. The flow then runs on a DaskTaskRunner: a BILL file is parsed in one byte range per worker,
-and the monthly run of each month aggregates it, accrues points and grades over one shard per worker
-(transforms.runs.shards). Every part is a
+and the monthly run of each month aggregates it, accrues points and grades over one shard per worker, and
+renders its channel files in parts (transforms.runs.shards). Every part is a
 Prefect task on a worker; the driver (the flow's process, the only one that writes the warehouse) exports,
 gathers and writes. Without either option nothing here is used.
 """
@@ -129,8 +129,8 @@ class DaskShards:
 
 @task(name="shard", cache_policy=NO_CACHE, persist_result=False)
 def run_shard(step: str, work, shard: int, *args):
-    """One part's step on a Dask worker (`work`: a shards.ShardWork or RangeWork), with the worker's share of
-    threads and memory."""
+    """One part's step on a Dask worker (`work`: a shards.ShardWork, RangeWork or RenderWork), with the
+    worker's share of threads and memory."""
     return STEPS[step](work, shard, _worker_limits(), *args)
 
 

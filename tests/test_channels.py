@@ -26,6 +26,7 @@ from transforms.ingest.control import read_control, verify_control
 from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import run_monthly
+from transforms.runs.shards import InProcess
 from transforms.grade.points import expiring_next_month
 from transforms.warehouse.db import connect
 
@@ -246,17 +247,28 @@ def test_change_rows_take_msisdn_region_and_manager_from_s_m_or_the_last_known_v
     con.close()
 
 
-def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path):
+@pytest.mark.parametrize("msisdns, refusal", [
+    (["139|0000001"], r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, e.g. subs_id X$"),
+    (["139|0000001", "139\n0000002"], r"^boss: 2 value\(s\) of msisdn hold '\|' or a line break, e.g. subs_id X$"),
+    (["139\U0001f600", "139\U0001f601"],
+     r"^boss/202607/GRADE_CHG_202607\.dat: '\U0001f600' cannot be written in GBK$")])
+@pytest.mark.parametrize("on_shards", [False, True])
+def test_value_that_would_shift_boss_columns_stops_the_run(tmp_path, msisdns, refusal, on_shards):
+    """A value a file cannot carry stops the run with the same message (the count over the file, the first in
+    subs_id order) whether the file is rendered here or in parts on two shards (X alone: its row in the second
+    part, the first empty; X and Y: one part each)."""
     con = connect(tmp_path)
     con.execute("INSERT INTO ops.snapshot VALUES (DATE '2026-07-31', 'ACCT_20260731.dat', 1)")
-    _version(con, "X", "139|0000001")
-    con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', 'X', 'STAR2', 'AVG6', 'STAR2', "
-                "FALSE, 18000, 78, 0, 0, [], 'v1', '4110', NULL, NULL, NULL)")
-    con.execute("INSERT INTO mart.grade_change VALUES (DATE '2026-07-01', 'X', 'STAR1', 'STAR2', 'UPGRADE', "
-                "'AVG6', [], [], '4110', NULL)")
-    with pytest.raises(ChannelError, match=r"^boss: 1 value\(s\) of msisdn hold '\|' or a line break, "
-                                           r"e.g. subs_id X$"):
-        first_files(con, tmp_path / "owed")
+    for subs_id, msisdn in zip("XY", msisdns):
+        _version(con, subs_id, msisdn)
+        con.execute("INSERT INTO mart.tier_assignment VALUES (DATE '2026-07-01', ?, 'STAR2', 'AVG6', 'STAR2', "
+                    "FALSE, 18000, 78, 0, 0, [], 'v1', '4110', NULL, NULL, NULL)", [subs_id])
+        con.execute("INSERT INTO mart.grade_change VALUES (DATE '2026-07-01', ?, 'STAR1', 'STAR2', 'UPGRADE', "
+                    "'AVG6', [], [], '4110', NULL)", [subs_id])
+    shards = InProcess(2, tmp_path / "work" / "run") if on_shards else None
+    with pytest.raises(ChannelError, match=refusal):
+        month_sets(con, JUL, PACK, by_feed(CHANNELS, CHANGE_FEED), True, NO_EXPIRY, tmp_path / "owed",
+                   shards=shards)
     con.close()
 
 
@@ -484,7 +496,8 @@ def test_a_file_rendered_in_chunks_is_the_same_bytes(monkeypatch, tmp_path):
 def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monkeypatch, tmp_path):
     """A month's sets are computed, written and recorded per range of subs_id (ranges.RANGE_SUBSCRIBERS): ranges
     of two subscribers give the same bytes, the same told records and the same counts for gate 3 as one range,
-    a correction set included."""
+    a correction set included; and so do the files rendered in parts on 3 shards (RenderOnShards), in one range
+    and in ranges of two."""
     from transforms.warehouse import ranges
     _, con = graded
     narrow = load_channels(_config_with(
@@ -493,14 +506,15 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
     # G is absent from S(July), L cancelled in it: no notice for them
     expiring = pl.DataFrame({"subs_id": ["A", "G", "K", "L", "S"], "points": [10, 20, 30, 40, 50]})
 
-    def first_then_correction(size: int) -> list:
+    def first_then_correction(size: int, shards: InProcess | None = None) -> list:
         monkeypatch.setattr(ranges, "RANGE_SUBSCRIBERS", size)
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM ops.sent_record")  # as if nothing had been sent yet
         sent = []
         # then a correction: crm carries DOWNGRADE and LOST too (D and G); the others have nothing new
         for n, channels in enumerate((narrow, CHANNELS)):
-            sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{size}-{n}")
+            sets = month_sets(con, JUL, PACK, channels, True, expiring, tmp_path / f"{size}-{n}-{bool(shards)}",
+                              shards=shards)
             sent.append([(s.channel, s.out.relpath, s.out.records, s.out.payload, s.out.control) for s in sets])
         told = con.sql("SELECT * FROM ops.sent_record ORDER BY ALL").fetchall()
         counts = told_counts(con, JUL, CHANNELS)  # what gate 3 compares, summed over the ranges
@@ -511,6 +525,10 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
     assert len(ranges.subscriber_ranges(con, JUL)) == 1
     assert first_then_correction(2) == one
     assert len(ranges.subscriber_ranges(con, JUL)) >= 5
+    assert first_then_correction(10**6, InProcess(3, tmp_path / "run-1")) == one
+    # the correction's files (each channel's, those without records then removed) in three parts each
+    assert len(list((tmp_path / "run-1" / str(JUL) / "render").glob("lines-*"))) == 4 * 3
+    assert first_then_correction(2, InProcess(3, tmp_path / "run-2")) == one
     first, correction, _, counts = one
     assert {name: count for name, (count, _) in counts.items()} == {"boss": 5, "sms": 5, "crm": 5}
     assert [f[:3] for f in first] == [("boss", "boss/202607/GRADE_CHG_202607.dat", 5),

@@ -104,7 +104,7 @@ def test_a_killed_worker_fails_the_run_then_the_rerun_on_dask_equals_the_local_p
     # July summed on the shards from the partial sums its BILL's two ranges left on the first cluster
     assert "aggregate_shards" in timings["steps"], timings
     assert {f"shard-{step}-{k}" for step in ("bill-BILL_202607.dat", "aggregate-2026-07", "metrics-2026-07",
-                                             "grade-2026-07")
+                                             "grade-2026-07", "render-2026-07")
             for k in (0, 1)} <= shard_task_runs()  # Prefect tasks on the workers: BILL in two ranges, two shards
     assert state(home) == reference
     assert run_folders(home) == []  # the shards' files are gone with the run (the history exports stay)

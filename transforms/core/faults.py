@@ -20,7 +20,7 @@ POINTS = tuple(
     [f"{when}-commit:{unit}" for unit in _UNITS for when in ("before", "after")]
     + [f"{when}-rename:{kind}" for kind in _FILES for when in ("before", "after")]
     + [f"{when}-swap:publish" for when in ("before", "after")]
-    + [f"in-shard:{step}" for step in ("aggregate", "points", "metrics", "grade")])  # a worker process of a sharded run dies
+    + [f"in-shard:{step}" for step in ("aggregate", "points", "metrics", "grade", "render")])  # a worker process of a sharded run dies
 
 _seen: dict[str, int] = {}
 

@@ -187,23 +187,25 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
 # subscribers (the first graded month, a mass regrade: 8.5M NEW records at 10M subscribers) never holds a file
 # in memory, nor a text column per field of all its rows.
 RENDER_CHUNK_ROWS = 500_000
+COPY_BLOCK_BYTES = 1 << 20  # a part rendered apart is appended to its file by blocks
 
 
 class FileWriter:
     """One channel file, written part by part to `kept` (each part's facts sorted by subs_id, the parts in
-    subs_id order): the same bytes however the facts are split. Use as a context manager; `finish` makes the
-    file durable and returns it."""
+    subs_id order): the same bytes however the facts are split, and whether a part is added here (`add`) or was
+    rendered apart (render_part, then `append`). Use as a context manager; `finish` makes the file durable and
+    returns it. `part`: the lines of a part of the file only (no CSV header; render_part)."""
 
-    def __init__(self, channel: Channel, relpath: str, kept: Path):
+    def __init__(self, channel: Channel, relpath: str, kept: Path, part: bool = False):
         self.channel, self.relpath, self.kept = channel, relpath, kept
         self.records = 0
         self._md5, self._size = hashlib.md5(), 0
-        self._header_due = channel.format == "csv"
-        self._empty: pl.DataFrame | None = None  # the columns, for the header of a file without rows
         self._bad: dict[str, tuple[int, object]] = {}  # column -> (values holding | or a line break, first subs_id)
         make_private_dirs(kept.parent)  # the file carries msisdn, as the outbox does
         self._file = open(kept, "wb")
         os.fchmod(self._file.fileno(), FILE_MODE)
+        if channel.format == "csv" and not part:  # the header names the fields: the same with or without rows
+            self._write(_text(channel, pl.DataFrame(schema=dict.fromkeys(channel.fields, pl.String)), header=True))
 
     def __enter__(self) -> FileWriter:
         return self
@@ -212,19 +214,27 @@ class FileWriter:
         self._file.close()
 
     def add(self, facts: pl.DataFrame) -> None:
-        rows = facts.with_columns(**_derived_columns(self.channel)).select(self.channel.fields)
-        if self._empty is None:
-            self._empty = rows.clear()
+        self.add_rows(file_rows(self.channel, facts))
+
+    def add_rows(self, rows: pl.DataFrame) -> None:
+        """Rows of file_rows, rendered and written."""
         for chunk in rows.iter_slices(RENDER_CHUNK_ROWS):
             if self.channel.format == "pipe_gbk_with_chk":
                 self._note_bad_values(chunk)
-            self._write(_text(self.channel, chunk, header=self._header_due))
-            self._header_due = False
+            self._write(_text(self.channel, chunk, header=False))
             self.records += chunk.height
 
+    def append(self, lines: Path, part: RenderedPart) -> None:
+        """The lines of a part rendered apart (render_part wrote them to `lines`), after what was written."""
+        with open(lines, "rb") as source:
+            while block := source.read(COPY_BLOCK_BYTES):
+                self._write_bytes(block)
+        self.records += part.records
+        for column, (count, first) in part.bad:
+            known = self._bad.get(column)
+            self._bad[column] = (count, first) if known is None else (known[0] + count, known[1])
+
     def finish(self) -> OutFile:
-        if self._header_due and self._empty is not None:
-            self._write(_text(self.channel, self._empty, header=True))
         for column in self.channel.fields:  # named by subs_id, never by the value (it may be personal data)
             if column in self._bad:
                 count, subs_id = self._bad[column]
@@ -239,7 +249,9 @@ class FileWriter:
         return OutFile(self.channel.name, self.relpath, self.kept, self.records, md5, control)
 
     def _write(self, text: str) -> None:
-        data = _encode(self.channel, self.relpath, text)
+        self._write_bytes(_encode(self.channel, self.relpath, text))
+
+    def _write_bytes(self, data: bytes) -> None:
         self._file.write(data)
         self._md5.update(data)
         self._size += len(data)
@@ -253,6 +265,32 @@ class FileWriter:
             if found.height:
                 count, first = self._bad.get(column, (0, found["subs_id"][0] if "subs_id" in found.columns else None))
                 self._bad[column] = (count + found.height, first)
+
+
+@dataclass(frozen=True)
+class RenderedPart:
+    """What render_part wrote: its records, the values that would shift a pipe file's columns (column, (count,
+    first subs_id)), and the refusal that stopped it (a value the file's encoding cannot carry)."""
+    records: int
+    bad: tuple[tuple[str, tuple[int, object]], ...] = ()
+    refusal: str | None = None
+
+
+def file_rows(channel: Channel, facts: pl.DataFrame) -> pl.DataFrame:
+    """The facts as the channel's file carries them: its fields, in order, the template and parameters made."""
+    return facts.with_columns(**_derived_columns(channel)).select(channel.fields)
+
+
+def render_part(channel: Channel, relpath: str, rows: pl.DataFrame, lines: Path) -> RenderedPart:
+    """Rows of file_rows (a part of the file `relpath`, in subs_id order) rendered to `lines`, for
+    FileWriter.append: the bytes FileWriter.add writes for them. A refusal is returned, not raised, so that the
+    file's writer raises the first in file order."""
+    with FileWriter(channel, relpath, lines, part=True) as writer:
+        try:
+            writer.add_rows(rows)
+        except ChannelError as exc:
+            return RenderedPart(writer.records, refusal=str(exc))
+    return RenderedPart(writer.records, tuple(writer._bad.items()))
 
 
 def _text(channel: Channel, rows: pl.DataFrame, header: bool) -> str:

@@ -32,6 +32,7 @@ from transforms.deliver.corrections import (CHANGE, CHANGE_COLUMNS, NIGHTLY_LOST
 from transforms.deliver.render import (FileWriter, OutFile, at_risk_facts, change_context, change_facts, lost_facts,
                                       points_facts)
 from transforms.grade.rulepack import RulePack
+from transforms.runs.shards import RenderOnShards, ShardMap
 from transforms.warehouse.db import scalar
 from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 
@@ -73,11 +74,12 @@ def numbered(relpath: str, set_no: int) -> str:
 
 
 def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, channels: list[Channel], graded: bool,
-               expiring: pl.DataFrame, folder: Path, spans: list[SubsRange] | None = None) -> list[ChannelSet]:
+               expiring: pl.DataFrame, folder: Path, spans: list[SubsRange] | None = None,
+               shards: ShardMap | None = None) -> list[ChannelSet]:
     """The sets month M sends now, written under `folder` and recorded: when graded, per change channel the
     difference between M's changes (graded with `pack`) and what it was told, per at-risk channel the notices
     not yet sent; per points channel the notices not yet sent (`expiring`: subs_id, points). `spans`: M's
-    subscriber ranges, when the caller has them."""
+    subscriber ranges, when the caller has them. `shards`: the files are rendered on them (RenderOnShards)."""
     changes = by_feed(channels, CHANGES) if graded else []
     notices = [(c, {"points": "points"}) for c in by_feed(channels, POINTS)]
     if graded and by_feed(channels, AT_RISK):
@@ -102,7 +104,8 @@ def month_sets(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, cha
             found.append(_fresh(con, channel.name, month, facts, told_as, span))
         return found
 
-    return _write_sets(con, sends, (spans or subscriber_ranges(con, month)) if sends else [], parts, folder)
+    apart = RenderOnShards(shards, month, [(s.channel, s.relpath) for s in sends]) if shards and sends else None
+    return _write_sets(con, sends, (spans or subscriber_ranges(con, month)) if sends else [], parts, folder, apart)
 
 
 def nightly_sets(con: duckdb.DuckDBPyConnection, day: date, channels: list[Channel], unrated: str,
@@ -135,17 +138,22 @@ def _send(con, channel: Channel, told_to: str, period: Month, kind: str, relpath
 
 
 def _write_sets(con, sends: list[_Send], spans: list[SubsRange], parts: Callable[[SubsRange], list[Part]],
-                folder: Path) -> list[ChannelSet]:
+                folder: Path, apart: RenderOnShards | None = None) -> list[ChannelSet]:
     """Renders and records every set range by range (`parts(span)`: each set's records and facts in that range),
-    in order after everything told before; returns the sets sent: a first file always, another only with
-    records (the others' files are removed)."""
+    in order after everything told before, rendered here or on the shards (`apart`); returns the sets sent: a
+    first file always, another only with records (the others' files are removed)."""
     seq = scalar(con, "SELECT coalesce(max(seq), 0) FROM ops.sent_record") + 1
     with ExitStack() as stack:
         writers = [stack.enter_context(FileWriter(s.channel, s.relpath, folder / s.relpath)) for s in sends]
-        for span in spans:
+        for span_no, span in enumerate(spans):
             for n, (send, writer, (records, facts)) in enumerate(zip(sends, writers, parts(span))):
-                writer.add(facts)
+                if apart is None:
+                    writer.add(facts)
+                else:
+                    apart.add(span_no, n, facts)
                 _record(con, send, seq + n, records)
+        if apart is not None:
+            apart.render_into(writers)
         files = [writer.finish() for writer in writers]
     sent = []
     for n, (send, out) in enumerate(zip(sends, files)):

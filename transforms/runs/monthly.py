@@ -13,7 +13,8 @@ The steps, in order (each timed for ops.run_ledger):
                   tier_assignment, grade_change, entitlement_change, tier_history, tier_current,
                   tier_summary
   render          the channel sets of M (transforms.deliver.sets): the month's first files, or the correction
-                  sets of a regrade, written to options.files_folder and recorded as told
+                  sets of a regrade, written to options.files_folder and recorded as told (the files rendered
+                  in parts on the subscriber shards when options.shards is given)
   gate 3, gate 4  outputs, then the circuit breaker
 and, in the same transaction, the effects it owes (transforms.runs.owed): its channel files, the publication
 and the month's report, delivered once it has committed. A failed gate raises GateFailed and leaves the warehouse as it
@@ -115,7 +116,7 @@ def run_monthly(con: duckdb.DuckDBPyConnection, month: Month, pack: RulePack, ru
             result = MonthlyResult(month, graded=False, note=f"no tiers: BILL for {first}..{month} is incomplete")
         with steps("render"):
             sets = month_sets(con, month, pack, list(options.channels), gradable, expiring, options.files_folder,
-                              spans)
+                              spans, options.shards)
         if gradable:
             with steps("gate_outputs"):
                 checks.append(gate_outputs(con, month, pack, told_counts(con, month, list(options.channels), spans),

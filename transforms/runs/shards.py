@@ -23,6 +23,9 @@ in-memory DuckDB and writes its results there; only the driver reads them back a
   driver  gather    range by range of subscribers (warehouse.ranges), the union of the shards' rows in the range
                     sorted by subs_id: the very frames the local path grades and writes for that range, so every
                     mart table and channel file is the same with and without shards
+  driver  sets      range by range, what each channel set tells (deliver.sets: lookups in the warehouse, recorded
+                    as told), each file's rows cut into one consecutive slice per shard
+  shards  render    a part of every file rendered to bytes (RenderOnShards): the driver appends the parts in order
 
 What runs a step for every shard is the caller's (a ShardMap): in order in this process (InProcess), or as
 Prefect tasks on a Dask cluster (flows.dask). A step only reads its inputs and replaces its own output files, so
@@ -45,6 +48,8 @@ import polars as pl
 
 from transforms.core.calendar import Month
 from transforms.core.faults import fault_point
+from transforms.deliver.channels import Channel, ChannelError
+from transforms.deliver.render import FileWriter, RenderedPart, file_rows, render_part
 from transforms.grade.engine import rank_table
 from transforms.grade.grading import Graded, GradingInputs, grade
 from transforms.grade.points import PointsMonth, apply_points_to_totals
@@ -105,8 +110,8 @@ class ShardLimits:
 
 
 class ShardMap(Protocol):
-    """Runs one step (a name of STEPS) for parts 0..work.count-1 of `work` (a ShardWork or a RangeWork) and
-    returns their results in order."""
+    """Runs one step (a name of STEPS) for parts 0..work.count-1 of `work` (a ShardWork, RangeWork or
+    RenderWork) and returns their results in order."""
     count: int     # shards per month, ranges per BILL file
     folder: Path   # the run's work folder (work_folder)
 
@@ -488,8 +493,71 @@ def shard_aggregate(work: ShardWork, shard: int, limits: ShardLimits, sum6_compl
     return rows.height
 
 
+# --- channel files in parts ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RenderWork:
+    """A month's channel sets rendered in parts: part p of every set's file holds the p-th slice of its rows, the
+    parts in subs_id order."""
+    folder: Path
+    label: str
+    files: tuple[tuple[Channel, str], ...]  # each set's channel and file (relpath)
+    count: int = 0                          # parts
+
+    def rows_path(self, n: int, part: int) -> Path:
+        return self.folder / f"rows-{n}-{part}.parquet"
+
+    def lines_path(self, n: int, part: int) -> Path:
+        return self.folder / f"lines-{n}-{part}"
+
+
+class RenderOnShards:
+    """The files of a month's channel sets rendered on the shards (sets._write_sets): each range of subscribers'
+    rows of each file (render.file_rows, in subs_id order) are cut into run.count consecutive slices, one part
+    each; a shard renders a part of every file (render_part), and the driver appends the parts in order to each
+    file, after its header (FileWriter.append): the bytes the local path writes. The parts hold what the files
+    carry (msisdn among it), in the run's private folder, removed with it."""
+
+    def __init__(self, run: ShardMap, month: Month, files: list[tuple[Channel, str]]):
+        folder = run.folder / str(month) / "render"
+        shutil.rmtree(folder, ignore_errors=True)  # a rerun of the same run id starts again
+        folder.mkdir(parents=True, mode=0o700)
+        self.run, self.work, self.ranges = run, RenderWork(folder, str(month), tuple(files)), 0
+
+    def add(self, span_no: int, n: int, facts: pl.DataFrame) -> None:
+        """The facts of file n in the span_no-th range of subscribers (the ranges in order)."""
+        channel, _ = self.work.files[n]
+        rows, count = file_rows(channel, facts), self.run.count
+        for k in range(count):
+            start = rows.height * k // count
+            _write(rows.slice(start, rows.height * (k + 1) // count - start),
+                   self.work.rows_path(n, span_no * count + k))
+        self.ranges = max(self.ranges, span_no + 1)
+
+    def render_into(self, writers: list[FileWriter]) -> None:
+        """Renders every part on the shards and appends them to the files' writers (one per file, in order); the
+        first refusal in file order is raised."""
+        work = replace(self.work, count=self.ranges * self.run.count)
+        rendered = self.run("render", work)
+        for span_no in range(self.ranges):  # the order in which the local path would have met it
+            for n in range(len(work.files)):
+                for part in range(span_no * self.run.count, (span_no + 1) * self.run.count):
+                    if rendered[part][n].refusal:
+                        raise ChannelError(rendered[part][n].refusal)
+        for n, writer in enumerate(writers):
+            for part in range(work.count):
+                writer.append(work.lines_path(n, part), rendered[part][n])
+
+
+def shard_render(work: RenderWork, part: int, limits: ShardLimits) -> list[RenderedPart]:
+    """Part `part` of every file of the sets, rendered."""
+    fault_point("in-shard:render")
+    return [render_part(channel, relpath, pl.read_parquet(work.rows_path(n, part)), work.lines_path(n, part))
+            for n, (channel, relpath) in enumerate(work.files)]
+
+
 STEPS: dict[str, Callable] = {"aggregate": shard_aggregate, "points": shard_points, "metrics": shard_metrics,
-                              "grade": shard_grade, "bill": parse_range}
+                              "grade": shard_grade, "bill": parse_range, "render": shard_render}
 
 
 @dataclass(frozen=True)
