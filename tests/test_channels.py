@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import stat
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -536,3 +537,48 @@ def test_a_month_sent_range_by_range_is_the_same_files_and_records(graded, monke
                                       ("crm", "crm/202607/grade_changes.csv", 3),  # B, K, S
                                       ("points_expiry", "sms/202607/points_expiry.jsonl", 3)]  # A, K, S
     assert [f[:3] for f in correction] == [("crm", "crm/202607/grade_changes_02.csv", 2)]
+
+
+def _boss_facts(*msisdns: str) -> pl.DataFrame:
+    return pl.DataFrame({"subs_id": [f"S{k}" for k in range(len(msisdns))], "msisdn": list(msisdns),
+                         "from_tier": "STAR1", "to_tier": "STAR2", "change_type": "UPGRADE",
+                         "effective_date": "20260801", "entitlements": ""})
+
+
+OK = "13800000001"
+
+
+@pytest.mark.parametrize("shards, ranges, expected", [
+    # 2 shards: each range's rows in two slices, one per part. Met first: a.dat's in the first range's second
+    # slice, though b.dat's is in its first slice, and part 1 also holds a.dat's in the second range.
+    (2, [[(OK, "139\U0001f601"), ("139\U0001f600", OK)], [("139\U0001f602", OK), (OK, OK)]],
+     "boss/a.dat: '\U0001f601' cannot be written in GBK"),
+    # 3 shards, 2 ranges: part 1 holds the first range's third slice then the second range's first. Met first:
+    # b.dat's in the first range, though a.dat's (in the second range) comes first in part 1's list.
+    (3, [[(OK, OK, OK), (OK, OK, "139\U0001f600")], [("139\U0001f601", OK, OK), (OK, OK, OK)]],
+     "boss/b.dat: '\U0001f600' cannot be written in GBK")])
+def test_the_first_refusal_of_parts_rendered_on_shards_is_the_one_the_local_path_meets(tmp_path, shards, ranges,
+                                                                                        expected):
+    """Files rendered in parts on shards raise the refusal the local path (range by range, then file by file)
+    meets first."""
+    from transforms.deliver.render import FileWriter
+    from transforms.runs.shards import RenderOnShards
+    boss = next(c for c in CHANNELS if c.name == "boss")
+    files = [(boss, "boss/a.dat"), (boss, "boss/b.dat")]
+    ranges = [[_boss_facts(*msisdns) for msisdns in files_of_range] for files_of_range in ranges]
+
+    def local() -> str:
+        with ExitStack() as stack, pytest.raises(ChannelError) as refused:
+            writers = [stack.enter_context(FileWriter(c, r, tmp_path / "local" / r)) for c, r in files]
+            for parts in ranges:
+                for writer, part in zip(writers, parts):
+                    writer.add(part)
+        return str(refused.value)
+
+    apart = RenderOnShards(InProcess(shards, tmp_path / "work" / "run"), JUL, files)
+    for span_no, parts in enumerate(ranges):
+        for n, part in enumerate(parts):
+            apart.add(span_no, n, part)
+    with ExitStack() as stack, pytest.raises(ChannelError) as refused:
+        apart.render_into([stack.enter_context(FileWriter(c, r, tmp_path / "apart" / r)) for c, r in files])
+    assert str(refused.value) == local() == expected

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -270,10 +271,12 @@ class FileWriter:
 @dataclass(frozen=True)
 class RenderedPart:
     """What render_part wrote: its records, the values that would shift a pipe file's columns (column, (count,
-    first subs_id)), and the refusal that stopped it (a value the file's encoding cannot carry)."""
+    first subs_id)), and the refusal that stopped it (a value the file's encoding cannot carry) with the piece it
+    was met in."""
     records: int
     bad: tuple[tuple[str, tuple[int, object]], ...] = ()
     refusal: str | None = None
+    refused_in: int = 0
 
 
 def file_rows(channel: Channel, facts: pl.DataFrame) -> pl.DataFrame:
@@ -281,15 +284,16 @@ def file_rows(channel: Channel, facts: pl.DataFrame) -> pl.DataFrame:
     return facts.with_columns(**_derived_columns(channel)).select(channel.fields)
 
 
-def render_part(channel: Channel, relpath: str, rows: pl.DataFrame, lines: Path) -> RenderedPart:
-    """Rows of file_rows (a part of the file `relpath`, in subs_id order) rendered to `lines`, for
+def render_part(channel: Channel, relpath: str, pieces: Iterable[pl.DataFrame], lines: Path) -> RenderedPart:
+    """Pieces of rows of file_rows (a part of the file `relpath`, in subs_id order) rendered to `lines`, for
     FileWriter.append: the bytes FileWriter.add writes for them. A refusal is returned, not raised, so that the
     file's writer raises the first in file order."""
     with FileWriter(channel, relpath, lines, part=True) as writer:
-        try:
-            writer.add_rows(rows)
-        except ChannelError as exc:
-            return RenderedPart(writer.records, refusal=str(exc))
+        for piece, rows in enumerate(pieces):
+            try:
+                writer.add_rows(rows)
+            except ChannelError as exc:
+                return RenderedPart(writer.records, refusal=str(exc), refused_in=piece)
     return RenderedPart(writer.records, tuple(writer._bad.items()))
 
 

@@ -497,53 +497,58 @@ def shard_aggregate(work: ShardWork, shard: int, limits: ShardLimits, sum6_compl
 
 @dataclass(frozen=True)
 class RenderWork:
-    """A month's channel sets rendered in parts: part p of every set's file holds the p-th slice of its rows, the
-    parts in subs_id order."""
+    """A month's channel sets rendered in parts: each range of subscribers' rows of a file are cut into `count`
+    consecutive pieces (piece r * count + j: slice j of range r, the pieces in subs_id order), and part k renders
+    the `ranges` consecutive pieces from k * ranges."""
     folder: Path
     label: str
     files: tuple[tuple[Channel, str], ...]  # each set's channel and file (relpath)
-    count: int = 0                          # parts
+    count: int                              # parts: one per shard
+    ranges: int = 0
 
-    def rows_path(self, n: int, part: int) -> Path:
-        return self.folder / f"rows-{n}-{part}.parquet"
+    def rows_path(self, n: int, piece: int) -> Path:
+        return self.folder / f"rows-{n}-{piece}.parquet"
 
     def lines_path(self, n: int, part: int) -> Path:
         return self.folder / f"lines-{n}-{part}"
 
+    def pieces(self, part: int) -> range:
+        return range(part * self.ranges, (part + 1) * self.ranges)
+
 
 class RenderOnShards:
     """The files of a month's channel sets rendered on the shards (sets._write_sets): each range of subscribers'
-    rows of each file (render.file_rows, in subs_id order) are cut into run.count consecutive slices, one part
-    each; a shard renders a part of every file (render_part), and the driver appends the parts in order to each
-    file, after its header (FileWriter.append): the bytes the local path writes. The parts hold what the files
-    carry (msisdn among it), in the run's private folder, removed with it."""
+    rows of each file (render.file_rows, in subs_id order) are cut into run.count consecutive pieces (RenderWork);
+    a shard renders a part of every file (render_part), and the driver appends the parts in order to each file,
+    after its header (FileWriter.append): the bytes the local path writes. The pieces hold what the files carry
+    (msisdn among it), in the run's private folder, removed with it."""
 
     def __init__(self, run: ShardMap, month: Month, files: list[tuple[Channel, str]]):
         folder = run.folder / str(month) / "render"
         shutil.rmtree(folder, ignore_errors=True)  # a rerun of the same run id starts again
         folder.mkdir(parents=True, mode=0o700)
-        self.run, self.work, self.ranges = run, RenderWork(folder, str(month), tuple(files)), 0
+        self.run, self.work = run, RenderWork(folder, str(month), tuple(files), run.count)
 
     def add(self, span_no: int, n: int, facts: pl.DataFrame) -> None:
         """The facts of file n in the span_no-th range of subscribers (the ranges in order)."""
         channel, _ = self.work.files[n]
-        rows, count = file_rows(channel, facts), self.run.count
-        for k in range(count):
-            start = rows.height * k // count
-            _write(rows.slice(start, rows.height * (k + 1) // count - start),
-                   self.work.rows_path(n, span_no * count + k))
-        self.ranges = max(self.ranges, span_no + 1)
+        rows, count = file_rows(channel, facts), self.work.count
+        for j in range(count):
+            start = rows.height * j // count
+            _write(rows.slice(start, rows.height * (j + 1) // count - start),
+                   self.work.rows_path(n, span_no * count + j))
+        self.work = replace(self.work, ranges=max(self.work.ranges, span_no + 1))
 
     def render_into(self, writers: list[FileWriter]) -> None:
         """Renders every part on the shards and appends them to the files' writers (one per file, in order); the
-        first refusal in file order is raised."""
-        work = replace(self.work, count=self.ranges * self.run.count)
+        first refusal in the local path's order (range, file, piece) is raised."""
+        work = self.work
         rendered = self.run("render", work)
-        for span_no in range(self.ranges):  # the order in which the local path would have met it
-            for n in range(len(work.files)):
-                for part in range(span_no * self.run.count, (span_no + 1) * self.run.count):
-                    if rendered[part][n].refusal:
-                        raise ChannelError(rendered[part][n].refusal)
+        refused = [(divmod(work.ranges * part + got.refused_in, work.count), n, got.refusal)
+                   for part, files in enumerate(rendered) for n, got in enumerate(files) if got.refusal]
+        if refused:
+            (_, n, refusal) = min(refused, key=lambda r: (r[0][0], r[1], r[0][1]))
+            raise ChannelError(refusal)
         for n, writer in enumerate(writers):
             for part in range(work.count):
                 writer.append(work.lines_path(n, part), rendered[part][n])
@@ -552,7 +557,8 @@ class RenderOnShards:
 def shard_render(work: RenderWork, part: int, limits: ShardLimits) -> list[RenderedPart]:
     """Part `part` of every file of the sets, rendered."""
     fault_point("in-shard:render")
-    return [render_part(channel, relpath, pl.read_parquet(work.rows_path(n, part)), work.lines_path(n, part))
+    return [render_part(channel, relpath, (pl.read_parquet(work.rows_path(n, piece)) for piece in work.pieces(part)),
+                        work.lines_path(n, part))
             for n, (channel, relpath) in enumerate(work.files)]
 
 
