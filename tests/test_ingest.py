@@ -347,3 +347,73 @@ def test_the_nightly_command_starts_great_expectations_early_only_for_a_night_wi
     finally:
         writer.kill()
         writer.wait()
+
+
+def _snapshot_lines() -> list[str]:
+    return (SAMPLES / "20260131" / "ACCT_20260131.dat").read_bytes().decode("gbk").splitlines()
+
+
+def test_the_next_snapshot_is_parsed_ahead_one_at_a_time_giving_what_a_parse_in_place_gives(home, con, tmp_path):
+    """nightly.ingest's parse (load.ParseAhead) starts the first ACCT snapshot to read on a thread before the
+    files delivered ahead of it load, the second only once the first was ingested, none already recorded; the
+    warehouse is the one a parse in place gives."""
+    import threading
+    import time
+    from transforms.ingest.load import ParseAhead
+    shutil.copytree(SAMPLES, home / "landing")  # SUSP 0115, REDEEM 0120, ACCT 0131, BILL 0203
+    deliver(home, "20260228", "ACCT_20260228.dat", _snapshot_lines()[:-1])  # S0000104 gone by February
+    calls: list[tuple[str, str]] = []
+
+    def parse(path, name, encoding, day):
+        calls.append((name.file_name, threading.current_thread().name))
+        return parse_extract_parts(path, name, encoding, day)
+
+    def ahead_calls() -> list[str]:
+        time.sleep(0.2)  # a thread started is seen calling
+        return [file for file, thread in calls if thread == "parse-ahead"]
+
+    deliveries = scan_landing(home).delivered
+    ahead = ParseAhead(con, deliveries, parse)
+    seen = [ahead_calls()]
+    results = []
+    for delivery in deliveries:
+        results.append(ingest_delivery(con, home, delivery, "test", parse=ahead))
+        ahead.ingested(delivery)
+        seen.append(ahead_calls())
+    assert seen == [["ACCT_20260131.dat"]] * 3 + [["ACCT_20260131.dat", "ACCT_20260228.dat"]] * 3
+    assert [file for file, thread in calls if thread != "parse-ahead"] == [
+        "SUSP_20260115.dat", "REDEEM_20260120.dat", "BILL_202601.dat"]  # parsed where they load
+    assert [r.status for r in results] == ["LOADED"] * 5
+
+    in_place = tmp_path / "in-place"
+    shutil.copytree(home / "landing", in_place / "landing")
+    plain = connect(in_place)
+    try:
+        assert [r.line() for r in ingest_all(plain, in_place)] == [r.line() for r in results]
+        history = "SELECT * FROM raw.subscriber_history ORDER BY ALL"
+        assert con.sql(history).fetchall() == plain.sql(history).fetchall()
+    finally:
+        plain.close()
+    calls.clear()
+    ParseAhead(con, scan_landing(home).delivered, parse)
+    assert ahead_calls() == []  # both snapshots are recorded: nothing to read
+
+
+def test_an_error_parsing_a_snapshot_ahead_is_raised_where_it_loads(home, con):
+    from transforms.ingest.load import ParseAhead
+    shutil.copytree(SAMPLES, home / "landing")
+
+    def parse(path, name, encoding, day):
+        if name.kind == "ACCT":
+            raise RuntimeError("the disk is gone")
+        return parse_extract_parts(path, name, encoding, day)
+
+    deliveries = scan_landing(home).delivered
+    ahead = ParseAhead(con, deliveries, parse)
+    susp, redeem, acct, bill = deliveries
+    assert [ingest_delivery(con, home, d, "test", parse=ahead).status for d in (susp, redeem)] == ["LOADED"] * 2
+    with pytest.raises(RuntimeError, match="the disk is gone"):
+        ingest_delivery(con, home, acct, "test", parse=ahead)
+    assert con.execute("SELECT count(*) FROM raw.subscriber_history").fetchall() == [(0,)]
+    assert con.execute("SELECT file_name FROM ops.delivery ORDER BY 1").fetchall() == [
+        ("REDEEM_20260120.dat",), ("SUSP_20260115.dat",)]

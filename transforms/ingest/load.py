@@ -7,9 +7,11 @@ same file name replaced it). Loading the same delivery twice changes nothing.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import nullcontext
 from fractions import Fraction
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -153,6 +155,53 @@ def to_read(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> l
             pass
         found.append(delivery)
     return found
+
+
+class ParseAhead:
+    """A Parse for ingest_delivery that parses the next ACCT snapshot to read (parsed whole, its duplicate keys
+    found over the file: the largest part of a month's ingest after BILL) on a thread while the files delivered
+    before it load, their gates waiting for Great Expectations: the same parts, the same errors, raised where the
+    file is loaded. One snapshot at a time: the next starts once the one before it was ingested (`ingested`), so
+    at most one parsed snapshot waits beside what is loading. A file ingest_delivery does not read after all (its
+    MD5 already recorded under another control file) was parsed for nothing."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery], parse: Parse):
+        self._parse = parse
+        self._waiting = [d for d in to_read(con, deliveries) if d.name.kind == "ACCT"]
+        self._started: dict[tuple, Future] = {}
+        self._start_next()
+
+    def __call__(self, dat_path: Path, name: ExtractName, encoding: str, day: date) -> Iterable[ParsedFile]:
+        future = self._started.pop((dat_path, name, encoding, day), None)
+        return self._parse(dat_path, name, encoding, day) if future is None else _parts_of(future)
+
+    def ingested(self, delivery: Delivery) -> None:
+        """`delivery` was ingested: the next snapshot may start."""
+        self._started = {key: f for key, f in self._started.items() if key[0] != delivery.dat_path}
+        self._start_next()
+
+    def _start_next(self) -> None:
+        while not self._started and self._waiting:
+            delivery = self._waiting.pop(0)
+            try:
+                encoding = read_control(delivery.chk_path).encoding
+            except FileRejected:  # refused unread by ingest_delivery
+                continue
+            key = (delivery.dat_path, delivery.name, encoding, delivery.day)
+            self._started[key] = future = Future()
+            threading.Thread(target=_parse_into, args=(future, self._parse, key), name="parse-ahead",
+                             daemon=True).start()
+
+
+def _parse_into(future: Future, parse: Parse, args: tuple) -> None:
+    try:
+        future.set_result(list(parse(*args)))
+    except BaseException as error:  # raised where the file is loaded
+        future.set_exception(error)
+
+
+def _parts_of(future: Future) -> Iterator[ParsedFile]:
+    yield from future.result()
 
 
 # file_name and (day, md5, status, byte_size) of the deliveries loaded or refused: a file's latest is in use

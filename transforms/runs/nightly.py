@@ -21,7 +21,7 @@ from transforms.grade.rulepack import RulePack
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import REVOKED_TIER, ExtractName
 from transforms.ingest.extracts import parse_extract_parts
-from transforms.ingest.load import IngestResult, Parse, ingest_delivery
+from transforms.ingest.load import IngestResult, Parse, ParseAhead, ingest_delivery
 from transforms.runs.owed import PUBLISH, owe, owe_files, owed_folder
 from transforms.runs.shards import keep_bill_sums
 
@@ -30,7 +30,7 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
            channels: list[Channel], pack_for: Callable[[Month], RulePack | None], max_quarantine_share: float,
            results_dir: Path | None, parse: Parse = parse_extract_parts) -> list[IngestResult]:
     """Loads each delivery in order; `pack_for(month)` is the pack in force for a grading month (None before its
-    first version); `parse` reads a file (load.ingest_delivery)."""
+    first version); `parse` reads a file (load.ingest_delivery), a file read whole parsed ahead (load.ParseAhead)."""
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
         if status == "LOADED" and delivery.name.kind == "BILL":
@@ -44,8 +44,12 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
     def check_records(name: ExtractName, records: pl.DataFrame) -> pl.DataFrame:
         return unknown_override_tiers(records, pack_for) if name.kind == "OVERRIDE" else _NOTHING_REFUSED
 
-    return [ingest_delivery(con, home, d, run_id, max_quarantine_share, results_dir, on_record, check_records, parse)
-            for d in deliveries]
+    ahead, results = ParseAhead(con, deliveries, parse), []
+    for delivery in deliveries:
+        results.append(ingest_delivery(con, home, delivery, run_id, max_quarantine_share, results_dir, on_record,
+                                       check_records, ahead))
+        ahead.ingested(delivery)
+    return results
 
 
 def unknown_override_tiers(records: pl.DataFrame, pack_for: Callable[[Month], RulePack | None]) -> pl.DataFrame:
