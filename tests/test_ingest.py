@@ -295,15 +295,19 @@ def test_bill_rows_go_in_in_any_order_and_the_connection_keeps_order_afterwards(
 
 def test_orphans_are_the_distinct_subscribers_no_snapshot_ever_knew(home, con):
     """Orphans (extracts.md): subscribers of a file that no snapshot version names, each counted once; one who
-    left (their version closed) is known, not an orphan."""
+    left (their version closed) is known, not an orphan (BILL, and a small file, counted by other SQL)."""
     deliver(home, "20260131", "ACCT_20260131.dat", [Sub("A").line(), Sub("B").line(), Sub("C").line()])
     deliver(home, "20260201", "ACCT_20260201.dat", [Sub("A").line(), Sub("B").line()])   # C left
+    deliver(home, "20260202", "SUSP_20260202.dat", [
+        "E1|A|20260202080000|ARREARS_TWOWAY", "E2|C|20260202090000|ARREARS_TWOWAY",   # known, or known before
+        "E3|X|20260202100000|ARREARS_TWOWAY", "E4|X|20260202110000|ARREARS_TWOWAY",   # X twice, Z once
+        "E5|Z|20260202120000|ARREARS_TWOWAY"])
     deliver(home, "20260203", "BILL_202601.dat", [
         "A|202601|RENT|100", "A|202601|DATA|50", "C|202601|RENT|10",                   # known, or known before
         "X|202601|RENT|1", "X|202601|DATA|2", "X|202601|ROAM|3", "Y|202601|RENT|4"])   # X three times, Y once
     results = ingest_all(con, home)
     assert [(r.file_name, r.orphans) for r in results] == [
-        ("ACCT_20260131.dat", 0), ("ACCT_20260201.dat", 0), ("BILL_202601.dat", 2)]
+        ("ACCT_20260131.dat", 0), ("ACCT_20260201.dat", 0), ("SUSP_20260202.dat", 2), ("BILL_202601.dat", 2)]
 
 
 def test_to_read_is_what_the_night_would_read(home, con):

@@ -361,10 +361,16 @@ def _load_records(con, name: ExtractName, records: pl.DataFrame) -> None:
 
 def _count_orphans(con, name: ExtractName) -> int:
     """Subscribers no snapshot knows: kept, reported, and ignored by grading (which joins the snapshot)."""
-    # A set difference (distinct ids first): 3-4x the speed of count(DISTINCT) over an anti-join of every row.
-    return int(scalar(con, f"""
-        SELECT count(*) FROM (SELECT subs_id FROM {_RAW_TABLE[name.kind]} WHERE file_name = ?
-                              EXCEPT SELECT subs_id FROM raw.subscriber_history)""", [name.file_name]))
+    # Measured at 1M (2 threads): for BILL (5M rows) a set difference is fastest, 0.20 s (an anti join of its
+    # distinct ids 0.30 s, count(DISTINCT) over an anti join of every row 3-4x slower); for a small file the anti
+    # join of its distinct ids, 0.05 s (the set difference hashes the whole history: 0.08 s, 7-8 files a month).
+    table = _RAW_TABLE[name.kind]
+    if name.kind == "BILL":
+        sql = f"SELECT subs_id FROM {table} WHERE file_name = ? EXCEPT SELECT subs_id FROM raw.subscriber_history"
+    else:
+        sql = (f"SELECT * FROM (SELECT DISTINCT subs_id FROM {table} WHERE file_name = ?) "
+               "ANTI JOIN raw.subscriber_history USING (subs_id)")
+    return int(scalar(con, f"SELECT count(*) FROM ({sql})", [name.file_name]))
 
 
 def _insert_quarantine(con, delivery: Delivery, quarantine: pl.DataFrame, run_id: str) -> None:
