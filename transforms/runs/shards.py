@@ -544,11 +544,14 @@ class RenderOnShards:
         first refusal in the local path's order (range, file, piece) is raised."""
         work = self.work
         rendered = self.run("render", work)
-        refused = [(divmod(work.ranges * part + got.refused_in, work.count), n, got.refusal)
-                   for part, files in enumerate(rendered) for n, got in enumerate(files) if got.refusal]
+        refused = []  # ((range, file, slice), refusal): the local path meets them in that order
+        for part, files in enumerate(rendered):
+            for n, got in enumerate(files):
+                if got.refusal:
+                    range_no, slice_no = divmod(work.ranges * part + got.refused_in, work.count)
+                    refused.append(((range_no, n, slice_no), got.refusal))
         if refused:
-            (_, n, refusal) = min(refused, key=lambda r: (r[0][0], r[1], r[0][1]))
-            raise ChannelError(refusal)
+            raise ChannelError(min(refused)[1])
         for n, writer in enumerate(writers):
             for part in range(work.count):
                 writer.append(work.lines_path(n, part), rendered[part][n])
