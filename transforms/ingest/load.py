@@ -167,7 +167,7 @@ class ParseAhead:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery], parse: Parse):
         self._parse = parse
-        self._waiting = [d for d in to_read(con, deliveries) if d.name.kind == "ACCT"]
+        self._waiting = to_read(con, [d for d in deliveries if d.name.kind == "ACCT"])  # their control files only
         self._started: dict[tuple, Future] = {}
         self._start_next()
 
