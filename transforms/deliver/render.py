@@ -31,7 +31,7 @@ from transforms.deliver.channels import AT_RISK_TAG, LIST_SEPARATOR, Channel, Ch
 from transforms.grade.grading import ABSENT_REASON
 from transforms.grade.rulepack import RulePack
 from transforms.ingest.control import control_line
-from transforms.warehouse.db import scalar, snapshot_date_for
+from transforms.warehouse.db import last_known_of, scalar, snapshot_date_for
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 
 
@@ -75,8 +75,8 @@ def change_context(con: duckdb.DuckDBPyConnection, month: Month, subs_ids: pl.Da
     con.register("channel_subs", subs_ids.select("subs_id").unique())
     try:
         return con.sql(f"""
-            WITH who AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($snap)
-                         SEMI JOIN channel_subs USING (subs_id) WHERE {span.sql()}),
+            WITH who AS (SELECT subs_id, msisdn, region_code, manager_id
+                         FROM ({last_known_of("$snap", "SELECT subs_id FROM channel_subs")}) WHERE {span.sql()}),
                  tags AS (SELECT subs_id, tags FROM mart.tier_assignment WHERE grade_month = $m AND {span.sql()}),
                  why AS (SELECT subs_id, reason FROM mart.grade_change WHERE grade_month = $m AND {span.sql()}
                          UNION ALL SELECT subs_id, reason FROM mart.entitlement_change
@@ -159,7 +159,7 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
     subscribers whose version ended on `day` can be newly cancelled or gone (raw.subscriber_history changes only
     on snapshot dates): the day's few changes are looked at, not the whole history."""
     previous = scalar(con, "SELECT max(snapshot_date) FROM ops.snapshot WHERE snapshot_date < ?", [day])
-    return con.sql("""
+    return con.sql(f"""
         WITH changed AS (SELECT DISTINCT subs_id FROM raw.subscriber_history WHERE valid_to = $d),
              held AS (
                 SELECT subs_id, tier FROM mart.tier_history
@@ -169,8 +169,8 @@ def lost_facts(con: duckdb.DuckDBPyConnection, day: date, unrated: str) -> pl.Da
                         SEMI JOIN held USING (subs_id)),
              before AS (SELECT subs_id, status AS status_before FROM raw.snapshot_as_of($prev)
                         SEMI JOIN held USING (subs_id)),
-             last_known AS (SELECT subs_id, msisdn, region_code, manager_id FROM raw.last_known_as_of($d)
-                            SEMI JOIN held USING (subs_id))
+             last_known AS (SELECT subs_id, msisdn, region_code, manager_id
+                            FROM ({last_known_of("$d", "SELECT subs_id FROM held")}))
         SELECT held.subs_id, lk.msisdn, held.tier AS from_tier, $unrated AS to_tier, 'LOST' AS change_type,
                CASE WHEN on_day.subs_id IS NULL THEN $absent ELSE 'CANCELLED_IN_SNAPSHOT' END AS reason,
                $effective AS effective_date, lk.region_code, lk.manager_id

@@ -30,6 +30,14 @@ SNAPSHOT_MACROS = """\
 CREATE MACRO IF NOT EXISTS raw.snapshot_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d AND (valid_to IS NULL OR valid_to > d);
 CREATE MACRO IF NOT EXISTS raw.last_known_as_of(d) AS TABLE SELECT * FROM raw.subscriber_history WHERE valid_from <= d QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1;"""
 
+
+def last_known_of(day: str, subs: str) -> str:
+    """SQL of raw.last_known_as_of(`day`) for the subscribers that the subquery `subs` selects: their versions
+    alone are numbered (the macro numbers every version of everyone: ~0.2 s at 1M, each time, growing with the
+    history, where a month's changes or a day's cancellations are a few thousand)."""
+    return (f"SELECT * FROM raw.subscriber_history WHERE valid_from <= {day} AND subs_id IN ({subs}) "
+            "QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1")
+
 SCHEMA_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;

@@ -19,6 +19,7 @@ from transforms.core.calendar import Month
 from transforms.grade.engine import OVERRIDE_REASON
 from transforms.grade.points import PointsMonth
 from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
+from transforms.warehouse.db import last_known_of
 from transforms.warehouse.inputs import has_balances
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 
@@ -67,7 +68,8 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
             INSERT INTO mart.{table}
             SELECT $m, c.subs_id, c.from_tier, c.to_tier, c.change_type, c.reason, c.entitlements_gained,
                    c.entitlements_lost, who.region_code, who.manager_id
-            FROM changes c LEFT JOIN (SELECT * FROM raw.last_known_as_of($snap) WHERE {span.sql()}) who
+            FROM changes c LEFT JOIN (SELECT * FROM ({last_known_of("$snap", "SELECT subs_id FROM changes")})
+                                      WHERE {span.sql()}) who
             USING (subs_id)
             ORDER BY c.subs_id""", {"m": month.first_day, "snap": snapshot, **span.params})
     finally:
