@@ -30,7 +30,7 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
            channels: list[Channel], pack_for: Callable[[Month], RulePack | None], max_quarantine_share: float,
            results_dir: Path | None, parse: Parse = parse_extract_parts) -> list[IngestResult]:
     """Loads each delivery in order; `pack_for(month)` is the pack in force for a grading month (None before its
-    first version); `parse` reads a file (load.ingest_delivery), a file read whole parsed ahead (load.ParseAhead)."""
+    first version); `parse` reads a file (load.ingest_delivery), the next ACCT snapshot ahead (load.ParseAhead)."""
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
         if status == "LOADED" and delivery.name.kind == "BILL":

@@ -38,6 +38,7 @@ def last_known_of(day: str, subs: str) -> str:
     return (f"SELECT * FROM raw.subscriber_history WHERE valid_from <= {day} AND subs_id IN ({subs}) "
             "QUALIFY row_number() OVER (PARTITION BY subs_id ORDER BY valid_from DESC) = 1")
 
+
 SCHEMA_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;

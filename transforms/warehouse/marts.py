@@ -60,7 +60,7 @@ def write_grade_change(con: duckdb.DuckDBPyConnection, month: Month, snapshot: d
     con.execute(f"DELETE FROM mart.{table} WHERE grade_month = $m AND {span.sql()}",
                 {"m": month.first_day, **span.params})
     mark_changed(con, table, month.first_day)
-    if changes.height == 0:  # the owner lookup reads the whole subscriber history: not for nothing
+    if changes.height == 0:  # the owner lookup reads the subscriber history: not for nothing
         return
     con.register("changes", changes)
     try:
