@@ -582,3 +582,25 @@ def test_the_first_refusal_of_parts_rendered_on_shards_is_the_one_the_local_path
     with ExitStack() as stack, pytest.raises(ChannelError) as refused:
         apart.render_into([stack.enter_context(FileWriter(c, r, tmp_path / "apart" / r)) for c, r in files])
     assert str(refused.value) == local() == expected
+
+
+@pytest.mark.parametrize("on_shards", [False, True])
+def test_a_csv_file_without_records_is_its_header_alone(tmp_path, on_shards):
+    """A month's first CSV file is written when nothing changed: its header line, nothing else, however it is
+    rendered."""
+    from transforms.deliver.render import FileWriter
+    from transforms.runs.shards import RenderOnShards
+    crm = next(c for c in CHANNELS if c.name == "crm")
+    nothing = pl.DataFrame(schema={"subs_id": pl.String, "from_tier": pl.String, "to_tier": pl.String,
+                                   "change_type": pl.String, "region_code": pl.String, "manager_id": pl.String,
+                                   "tags": pl.List(pl.String)})
+    with FileWriter(crm, "crm/x.csv", tmp_path / "crm" / "x.csv") as writer:
+        if on_shards:
+            apart = RenderOnShards(InProcess(2, tmp_path / "work" / "run"), JUL, [(crm, "crm/x.csv")])
+            apart.add(0, 0, nothing)
+            apart.render_into([writer])
+        else:
+            writer.add(nothing)
+        out = writer.finish()
+    assert out.payload == b"subs_id,from_tier,to_tier,change_type,region_code,manager_id,tags\n"
+    assert out.records == 0
