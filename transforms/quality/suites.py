@@ -33,11 +33,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from transforms.core.files import write_atomic
 from transforms.core.resources import expectations_dir
+
+if TYPE_CHECKING:  # imported where a value is read: the CLI starts the validation process before pandas' import
+    import pandas as pd
 
 _SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESULT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -400,6 +402,8 @@ def plain(value):
     """JSON-ready Python value (numpy / Arrow scalars unwrapped, floats rounded for reading)."""
     if isinstance(value, (list, tuple)):
         return type(value)(plain(v) for v in value)
+    import pandas as pd
+
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if value is pd.NA:
@@ -413,6 +417,8 @@ def _write_results(doc: dict, ordered_ids: list[str], results_dir: Path, name: s
                    frame: pd.DataFrame) -> Path:
     """GE's full validation result, results in suite order, without run-specific ids and load times; with the
     parameters and the (aggregated, small) frame validated, for the record."""
+    import pandas as pd
+
     rank = {i: n for n, i in enumerate(ordered_ids)}
     doc["results"] = sorted(doc.get("results", []), key=lambda r: rank.get(r["expectation_config"].get("id"), 0))
     for r in doc["results"]:
