@@ -168,28 +168,31 @@ class ParseAhead:
     def __init__(self, con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery], parse: Parse):
         self._parse = parse
         self._waiting = to_read(con, [d for d in deliveries if d.name.kind == "ACCT"])  # their control files only
-        self._started: dict[tuple, Future] = {}
+        self._ahead: tuple[tuple, Future] | None = None  # the parse arguments of the snapshot started, its parts
         self._start_next()
 
     def __call__(self, dat_path: Path, name: ExtractName, encoding: str, day: date) -> Iterable[ParsedFile]:
-        future = self._started.pop((dat_path, name, encoding, day), None)
-        return self._parse(dat_path, name, encoding, day) if future is None else _parts_of(future)
+        if self._ahead is None or self._ahead[0] != (dat_path, name, encoding, day):
+            return self._parse(dat_path, name, encoding, day)
+        (_, future), self._ahead = self._ahead, None
+        return _parts_of(future)
 
     def ingested(self, delivery: Delivery) -> None:
-        """`delivery` was ingested: the next snapshot may start."""
-        self._started = {key: f for key, f in self._started.items() if key[0] != delivery.dat_path}
+        """`delivery` was ingested: the next snapshot may start (a snapshot started but not read is dropped)."""
+        if self._ahead is not None and self._ahead[0][0] == delivery.dat_path:
+            self._ahead = None
         self._start_next()
 
     def _start_next(self) -> None:
-        while not self._started and self._waiting:
+        while self._ahead is None and self._waiting:
             delivery = self._waiting.pop(0)
             try:
                 encoding = read_control(delivery.chk_path).encoding
             except FileRejected:  # refused unread by ingest_delivery
                 continue
             key = (delivery.dat_path, delivery.name, encoding, delivery.day)
-            self._started[key] = future = Future()
-            threading.Thread(target=_parse_into, args=(future, self._parse, key), name="parse-ahead",
+            self._ahead = (key, Future())
+            threading.Thread(target=_parse_into, args=(self._ahead[1], self._parse, key), name="parse-ahead",
                              daemon=True).start()
 
 
