@@ -13,7 +13,7 @@ from transforms.ingest.landing import scan_landing
 from transforms.ingest.load import ingest_delivery
 from transforms.runs.monthly import MonthlyError, MonthlyOptions, run_monthly
 from transforms.quality.gates import GateFailed
-from transforms.grade.rulepack import load_pack
+from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
 from transforms.warehouse import inputs, ranges
 from transforms.warehouse.db import connect, snapshot_date_for
 from transforms.core.resources import rules_dir
@@ -153,6 +153,33 @@ def test_june_metrics_read_in_ranges_of_two_subscribers_are_the_same(graded, mon
     assert len(ranges.subscriber_ranges(con, JUN)) >= 5
     assert inputs.grading_metrics(con, JUN, snapshot).equals(whole)
     assert whole["subs_id"].to_list() == sorted(whole["subs_id"].to_list()) and whole.height >= 10
+
+
+@pytest.mark.parametrize("pack_file", sorted(p.name for p in rules_dir().glob("*.yaml")))
+def test_july_metrics_a_pack_reads_are_those_of_the_whole_catalogue(graded, pack_file):
+    """A monthly run computes only the metrics its pack reads and the tiers are stored with (inputs.metrics_read),
+    the BILL aggregates over the pack's window alone (six-star: Feb..Jul, not Jan..Jul): the same values as the
+    whole catalogue's, in the same order, and none of the others."""
+    con, _ = graded
+    pack = load_pack(rules_dir() / pack_file)
+    snapshot = snapshot_date_for(con, JUL)
+    names = inputs.metrics_read(pack)
+    read = inputs.grading_metrics(con, JUL, snapshot, names)
+    whole = inputs.grading_metrics(con, JUL, snapshot)
+    assert read.equals(whole.select(read.columns))
+    assert pack.metrics_used() | inputs.STORED_METRICS <= set(read.columns)
+    assert set(whole.columns) - set(read.columns) == set(METRIC_CATALOGUE) - names - set(read.columns)
+    assert whole.filter(pl.col("sum6_fen") != pl.col("sum12_fen")).height >= 3  # the 12-month window differs
+
+
+def test_a_six_month_pack_computes_no_twelve_month_bill_metric(graded):
+    """six-star reads 6 months of BILL: sum12_fen (12 months) and the 12-month lot sum are not computed."""
+    names = inputs.metrics_read(PACK)
+    assert {"sum6_fen", "cons_m5_fen", "susp12", "prior_year_points"} <= names
+    assert not names & {"sum12_fen", "points_earned_12m", "sum3_fen"}
+    con, _ = graded
+    read = inputs.grading_metrics(con, JUL, snapshot_date_for(con, JUL), names)
+    assert "sum12_fen" not in read.columns and "points_earned_12m" not in read.columns
 
 
 GRADED_TABLES = ("tier_assignment", "grade_change", "entitlement_change", "tier_history", "tier_current",

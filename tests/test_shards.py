@@ -51,7 +51,7 @@ REDEEMED = [("S0000000010", 1), ("S0000000010", 10**9), ("S0000000010", 2), ("S0
 
 def local_grading(con, month: Month, pack, previous_pack):
     snapshot = snapshot_date_for(con, month)
-    grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot),
+    grading_inputs = GradingInputs(month, inputs.grading_metrics(con, month, snapshot, inputs.metrics_read(pack)),
                                    inputs.active_overrides(con, month), inputs.tier_spells(con, month),
                                    inputs.assignment_of(con, month - 1))
     return grading_inputs, grade(pack, grading_inputs, previous_pack)

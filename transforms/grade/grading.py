@@ -28,7 +28,7 @@ _NO_ENTITLEMENTS = pl.lit([], dtype=pl.List(pl.String))
 @dataclass(frozen=True)
 class GradingInputs:
     month: Month
-    metrics: pl.DataFrame           # one row per subscriber of S(M) (or of a shard), every catalogue metric
+    metrics: pl.DataFrame           # one row per subscriber of S(M) (or of a shard), the metrics the pack reads
     overrides: pl.DataFrame         # subs_id, tier (+ override_id, reason, approved_by): the overrides holding for M
     spells: pl.DataFrame            # subs_id, prev_tier, since_month: the tier in effect during M and its start
     previous: pl.DataFrame          # subs_id, tier, tags: M-1's assignment (empty before the first graded month)

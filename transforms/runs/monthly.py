@@ -183,10 +183,10 @@ def graded_by_range(con, month: Month, pack: RulePack, previous_pack: RulePack, 
     (span, metrics, overrides, graded) in subs_id order: one range's frames at a time. A rank pack's ranks are
     over the whole population: computed first, from the metrics of every range. Only the overrides (a few) are
     read whole; M-1's tiers and the spells, like the metrics, range by range."""
-    overrides = inputs.active_overrides(con, month)
-    ranks = rank_table(pack, inputs.grading_metrics(con, month, snapshot)) if pack.ranks else None
+    overrides, names = inputs.active_overrides(con, month), inputs.metrics_read(pack)
+    ranks = rank_table(pack, inputs.grading_metrics(con, month, snapshot, names)) if pack.ranks else None
     for span in spans or subscriber_ranges(con, month):
-        metrics = inputs.grading_metrics_of(con, month, snapshot, span)
+        metrics = inputs.grading_metrics_of(con, month, snapshot, span, names)
         grading_inputs = GradingInputs(month, metrics, span.of(overrides), inputs.tier_spells(con, month, span),
                                        inputs.assignment_of(con, month - 1, span),
                                        span.of(ranks) if ranks is not None else None)

@@ -36,7 +36,6 @@ the month, the shard count and the hash function are the same (a DuckDB upgrade 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass, fields, replace
 from datetime import date
@@ -60,7 +59,7 @@ from transforms.ingest.layouts import KEYS, ExtractName
 from transforms.runs.ledger import StepTimer
 from transforms.warehouse import inputs
 from transforms.warehouse.ranges import EVERYONE, SubsRange
-from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS
+from transforms.warehouse.db import DEFAULT_MEMORY_LIMIT, DEFAULT_THREADS, SNAPSHOT_MACROS, params_of
 from transforms.warehouse.marts import (bill_sums_query, resummed_query, subscriber_month_params,
                                         subscriber_month_query, write_subscriber_month)
 
@@ -158,7 +157,7 @@ def grade_on_shards(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date
                                     ("previous", inputs.assignment_query(month - 1))):
             _export(con, work.input_path(name), work.count, sql, params)
     with steps("shards_metrics"):
-        run("metrics", work)
+        run("metrics", work, inputs.metrics_read(pack))
     with steps("shards_ranks"):
         if pack.ranks:  # a rank is over everyone: the union of the metrics, on the driver
             _export_frame(con, work, "ranks", rank_table(pack, _gather(work, "metrics")))
@@ -280,7 +279,7 @@ def _export_sources(con, run: ShardMap, month: Month, snapshot: date, part: str,
 
 def _export(con, path: Path, count: int, sql: str, params: dict) -> None:
     """Rows of `sql` to <path>/shard=<k>/, and an empty file of the same columns for a shard without rows."""
-    used = _params_of(sql, params)
+    used = params_of(sql, params)
     path.parent.mkdir(parents=True, exist_ok=True)
     con.execute(f"COPY (SELECT *, CAST(hash(subs_id) % {count} AS INTEGER) AS shard FROM ({sql})) "
                 f"TO '{path}' (FORMAT parquet, PARTITION_BY (shard))", used)
@@ -304,7 +303,7 @@ def _history(con, run: ShardMap, table: str, sql: str, params: dict, none_to: Pa
     column, run_id = HISTORY[table], run.folder.name
     # this run writes M's rows (also when it regrades M): they are keyed by this run
     written = dict(con.execute("SELECT month, run_id FROM ops.month_state").fetchall()) | {params["m"]: run_id}
-    used = _params_of(sql, params)
+    used = params_of(sql, params)
     months = [m for (m,) in con.execute(f"SELECT DISTINCT {column} FROM ({sql}) ORDER BY 1", used).fetchall()]
     if not months:
         _export(con, none_to, run.count, sql, params)
@@ -338,11 +337,6 @@ def _superseded(name: str, written: dict, run_id: str, oldest_kept: str) -> bool
     except ValueError:
         return True
     return month_text < oldest_kept or written.get(month, run_id) != entry_run
-
-
-def _params_of(sql: str, params: dict) -> dict:
-    """The parameters `sql` names (DuckDB refuses unused ones)."""
-    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
 def _gather(work: ShardWork, name: str, span: SubsRange = EVERYONE) -> pl.DataFrame:
@@ -430,13 +424,13 @@ def _write_bill_sums(records: pl.DataFrame, folder: Path, count: int, limits: Sh
 
 # --- shards ----------------------------------------------------------------------------------------------------
 
-def shard_metrics(work: ShardWork, shard: int, limits: ShardLimits) -> int:
-    """The grading metrics of the shard's subscribers (inputs.grading_metrics over the shard's rows)."""
+def shard_metrics(work: ShardWork, shard: int, limits: ShardLimits, names: frozenset[str]) -> int:
+    """The grading metrics `names` of the shard's subscribers (inputs.grading_metrics over the shard's rows)."""
     fault_point("in-shard:metrics")
     con = _shard_connection(work, shard, limits, inputs.GRADING_METRICS_SOURCES)
     try:
         con.execute(SNAPSHOT_MACROS)
-        metrics = inputs.grading_metrics(con, work.month, work.snapshot)
+        metrics = inputs.grading_metrics(con, work.month, work.snapshot, names)
     finally:
         con.close()
     _write(metrics, work.output_path("metrics", shard))

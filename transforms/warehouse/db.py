@@ -6,6 +6,7 @@ Only one process writes the warehouse at a time (DuckDB's file lock enforces it)
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -231,6 +232,11 @@ def in_any_order(con: duckdb.DuckDBPyConnection):
         yield con
     finally:
         con.execute("SET preserve_insertion_order = true")
+
+
+def params_of(sql: str, params: dict) -> dict:
+    """The parameters `sql` names (DuckDB refuses unused ones)."""
+    return {k: v for k, v in params.items() if re.search(rf"\${k}\b", sql)}
 
 
 def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> tuple | None:

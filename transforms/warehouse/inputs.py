@@ -6,14 +6,16 @@ read-only connection.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import date
 
 import duckdb
 import polars as pl
 
 from transforms.core.calendar import Month
-from transforms.grade.rulepack import RulePack
+from transforms.grade.rulepack import METRIC_BILL_MONTHS, RulePack
 from transforms.ingest.layouts import REVOKED_TIER
+from transforms.warehouse.db import params_of
 from transforms.warehouse.ranges import EVERYONE, SubsRange, subscriber_ranges
 
 
@@ -75,58 +77,80 @@ def grading_metrics_params(month: Month, snapshot: date) -> dict:
             "m_index": month.index}
 
 
-def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date) -> pl.DataFrame:
-    """One row per subscriber of S(M) with every metric of the catalogue (rulepack.METRIC_CATALOGUE), sorted by
-    subs_id (the engine's fast paths rely on it). Read range by range of subscribers (warehouse.ranges): one
-    range's hash tables at a time keep a 10M-subscriber month within DuckDB's memory limit."""
-    return pl.concat([grading_metrics_of(con, month, snapshot, span) for span in subscriber_ranges(con, month)])
+# The catalogue's aggregates (rulepack.METRIC_CATALOGUE, in its order), each with the part of grading_metrics_of
+# that sums it: a month computes only those asked for, over the months they need (METRIC_BILL_MONTHS).
+_AGGREGATES: dict[str, tuple[str, str]] = {
+    "cons_fen": ("sm", "sum(cons_fen) FILTER (WHERE month = $m)"),
+    "sum3_fen": ("sm", "sum(cons_fen) FILTER (WHERE month >= $m3)"),
+    "sum6_fen": ("sm", "sum(cons_fen) FILTER (WHERE month >= $m6)"),
+    "sum12_fen": ("sm", "sum(cons_fen) FILTER (WHERE month >= $m12)"),
+    "cons_prev5_fen": ("sm", "sum(cons_fen) FILTER (WHERE month >= $m6 AND month < $m)"),
+    "cons_m5_fen": ("sm", "sum(cons_fen) FILTER (WHERE month = $m6)"),
+    "data_fen": ("sm", "sum(data_fen) FILTER (WHERE month = $m)"),
+    "roam_fen": ("sm", "sum(roam_fen) FILTER (WHERE month = $m)"),
+    "roam_months6": ("sm", "count(*) FILTER (WHERE month >= $m6 AND roam_fen > 0)"),
+    "susp12": ("susp", "count(*) FILTER (WHERE susp_type = 'ARREARS_TWOWAY')"),
+    "susp12_oneway": ("susp", "count(*) FILTER (WHERE susp_type = 'ARREARS_ONEWAY')"),
+    # M's points step wrote prior_year_points with M's balances (marts.write_points): 12 lot-months are read
+    # here whatever the history stored
+    "prior_year_points": ("bal", "prior_year_points"),
+    "points_earned_12m": ("lots", "sum(earned)"),
+    "points_balance": ("bal", "balance"),
+}
+_SOURCES = {
+    "sm": "SELECT subs_id, {columns} FROM mart.subscriber_month WHERE month >= $window AND month <= $m AND {span} "
+          "GROUP BY subs_id",
+    "susp": "SELECT subs_id, {columns} FROM raw.susp WHERE event_time >= $m12 AND event_time < $next AND {span} "
+            "GROUP BY subs_id",
+    "lots": "SELECT subs_id, {columns} FROM staging.points_lot WHERE earn_month >= $m12 AND earn_month <= $m "
+            "AND {span} GROUP BY subs_id",
+    "bal": "SELECT subs_id, {columns} FROM mart.points_balance WHERE month = $m AND {span}",
+}
+# What mart.tier_assignment keeps beside each tier (marts.write_tier_assignment), whatever the pack reads.
+STORED_METRICS = frozenset({"sum6_fen", "tenure_months", "prior_year_points", "susp12"})
 
 
-def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date,
-                       span: SubsRange) -> pl.DataFrame:
-    """grading_metrics of the subscribers in `span`."""
-    return con.sql(f"""
-        WITH sm AS (
-            SELECT subs_id,
-                   sum(cons_fen) FILTER (WHERE month = $m) AS cons_fen,
-                   sum(cons_fen) FILTER (WHERE month >= $m3) AS sum3_fen,
-                   sum(cons_fen) FILTER (WHERE month >= $m6) AS sum6_fen,
-                   sum(cons_fen) AS sum12_fen,
-                   sum(cons_fen) FILTER (WHERE month >= $m6 AND month < $m) AS cons_prev5_fen,
-                   sum(cons_fen) FILTER (WHERE month = $m6) AS cons_m5_fen,
-                   sum(data_fen) FILTER (WHERE month = $m) AS data_fen,
-                   sum(roam_fen) FILTER (WHERE month = $m) AS roam_fen,
-                   count(*) FILTER (WHERE month >= $m6 AND roam_fen > 0) AS roam_months6
-            FROM mart.subscriber_month WHERE month >= $m12 AND month <= $m AND {span.sql()} GROUP BY subs_id),
-        susp AS (
-            SELECT subs_id, count(*) FILTER (WHERE susp_type = 'ARREARS_TWOWAY') AS susp12,
-                   count(*) FILTER (WHERE susp_type = 'ARREARS_ONEWAY') AS susp12_oneway
-            FROM raw.susp WHERE event_time >= $m12 AND event_time < $next AND {span.sql()} GROUP BY subs_id),
-        lots AS (
-            SELECT subs_id, sum(earned) AS points_earned_12m FROM staging.points_lot
-            WHERE earn_month >= $m12 AND earn_month <= $m AND {span.sql()} GROUP BY subs_id),
-        -- M's points step wrote prior_year_points with M's balances (marts.write_points): 12 lot-months
-        -- are read here whatever the history stored
-        bal AS (SELECT subs_id, balance, prior_year_points FROM mart.points_balance
-                WHERE month = $m AND {span.sql()})
+def metrics_read(pack: RulePack) -> frozenset[str]:
+    """The metrics a monthly run of `pack` computes: those the pack reads and those the tiers are stored with."""
+    return pack.metrics_used() | STORED_METRICS
+
+
+def grading_metrics(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date,
+                    names: Collection[str] | None = None) -> pl.DataFrame:
+    """One row per subscriber of S(M) with the fields of S(M) and the aggregated metrics `names` (default: every
+    one of the catalogue, rulepack.METRIC_CATALOGUE), sorted by subs_id (the engine's fast paths rely on it). Read
+    range by range of subscribers (warehouse.ranges): one range's hash tables at a time keep a 10M-subscriber
+    month within DuckDB's memory limit."""
+    return pl.concat([grading_metrics_of(con, month, snapshot, span, names)
+                      for span in subscriber_ranges(con, month)])
+
+
+def grading_metrics_of(con: duckdb.DuckDBPyConnection, month: Month, snapshot: date, span: SubsRange,
+                       names: Collection[str] | None = None) -> pl.DataFrame:
+    """grading_metrics of the subscribers in `span`: each source is read only for the metrics asked of it, the
+    BILL aggregates over the longest window among them (a six-month pack reads 6 months, not 12)."""
+    wanted = [n for n in _AGGREGATES if names is None or n in names]
+    parts = {part: [n for n in wanted if _AGGREGATES[n][0] == part] for part in _SOURCES}
+    ctes = [f"{part} AS ({_SOURCES[part].format(columns=_aggregates_of(metrics), span=span.sql())})"
+            for part, metrics in parts.items() if metrics]
+    joins = "".join(f" LEFT JOIN {part} USING (subs_id)" for part, metrics in parts.items() if metrics)
+    columns = "".join(f", coalesce({_AGGREGATES[n][0]}.{n}, 0)::BIGINT AS {n}" for n in wanted)
+    window = max((METRIC_BILL_MONTHS[n] for n in parts["sm"]), default=1)
+    sql = f"""
+        {"WITH " + ", ".join(ctes) if ctes else ""}
         SELECT snap.subs_id, snap.status, snap.subs_type, snap.brand, snap.region_code, snap.manager_id,
                snap.realname_flag, snap.vip_flag, snap.group_key_flag,
                CAST($m_index - (year(snap.open_date) * 12 + month(snap.open_date) - 1) + 1 AS BIGINT)
-                   AS tenure_months,
-               coalesce(sm.cons_fen, 0)::BIGINT AS cons_fen, coalesce(sm.sum3_fen, 0)::BIGINT AS sum3_fen,
-               coalesce(sm.sum6_fen, 0)::BIGINT AS sum6_fen, coalesce(sm.sum12_fen, 0)::BIGINT AS sum12_fen,
-               coalesce(sm.cons_prev5_fen, 0)::BIGINT AS cons_prev5_fen,
-               coalesce(sm.cons_m5_fen, 0)::BIGINT AS cons_m5_fen,
-               coalesce(sm.data_fen, 0)::BIGINT AS data_fen, coalesce(sm.roam_fen, 0)::BIGINT AS roam_fen,
-               coalesce(sm.roam_months6, 0)::BIGINT AS roam_months6,
-               coalesce(susp.susp12, 0)::BIGINT AS susp12, coalesce(susp.susp12_oneway, 0)::BIGINT AS susp12_oneway,
-               coalesce(bal.prior_year_points, 0)::BIGINT AS prior_year_points,
-               coalesce(lots.points_earned_12m, 0)::BIGINT AS points_earned_12m,
-               coalesce(bal.balance, 0)::BIGINT AS points_balance
-        FROM raw.snapshot_as_of($snap) snap LEFT JOIN sm USING (subs_id) LEFT JOIN susp USING (subs_id)
-        LEFT JOIN lots USING (subs_id) LEFT JOIN bal USING (subs_id)
+                   AS tenure_months{columns}
+        FROM raw.snapshot_as_of($snap) snap{joins}
         WHERE {span.sql("snap.subs_id")}
-        ORDER BY snap.subs_id""", params=grading_metrics_params(month, snapshot) | span.params).pl()
+        ORDER BY snap.subs_id"""
+    params = grading_metrics_params(month, snapshot) | {"window": (month - (window - 1)).first_day} | span.params
+    return con.sql(sql, params=params_of(sql, params)).pl()
+
+
+def _aggregates_of(names: list[str]) -> str:
+    return ", ".join(f"{_AGGREGATES[n][1]} AS {n}" for n in names)
 
 
 def active_overrides(con: duckdb.DuckDBPyConnection, month: Month) -> pl.DataFrame:

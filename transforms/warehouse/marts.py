@@ -20,7 +20,7 @@ from transforms.grade.engine import OVERRIDE_REASON
 from transforms.grade.points import PointsMonth
 from transforms.ingest.layouts import BILL_ITEMS, EXCLUDED_FROM_CONSUMPTION
 from transforms.warehouse.db import last_known_of
-from transforms.warehouse.inputs import has_balances
+from transforms.warehouse.inputs import STORED_METRICS, has_balances
 from transforms.warehouse.ranges import EVERYONE, SubsRange
 
 SUM6_MONTHS = 6  # mart.subscriber_month.sum6_fen: cons of M-5..M, NULL until BILL covers them
@@ -32,8 +32,8 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
     beside them, and the override (id, reason, approver) behind each tier of reason OVERRIDE."""
     behind = overrides.select("subs_id", override_id="override_id", override_reason="reason",
                               override_approved_by="approved_by")
-    rows = (assignment.join(metrics.select("subs_id", "sum6_fen", "tenure_months", "prior_year_points", "susp12",
-                                           "region_code"), on="subs_id", how="left")
+    rows = (assignment.join(metrics.select("subs_id", "region_code", *sorted(STORED_METRICS)), on="subs_id",
+                            how="left")
             .join(behind, on="subs_id", how="left"))
     con.execute(f"DELETE FROM mart.tier_assignment WHERE grade_month = $m AND {span.sql()}",
                 {"m": month.first_day, **span.params})
