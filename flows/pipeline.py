@@ -30,7 +30,7 @@ from transforms.ingest.load import DEFAULT_MAX_QUARANTINE_SHARE, reconciliation_
 from transforms.quality.gates import GateFailed
 from transforms.runs import nightly
 from transforms.runs.backfill import plan_backfill
-from transforms.runs.ledger import close_interrupted, failing_closes, finish_run, quality_dir, start_run
+from transforms.runs.ledger import StepTimer, close_interrupted, failing_closes, finish_run, quality_dir, start_run
 from transforms.runs.lock import writer_lock
 from transforms.runs.month_state import MonthlyError, check_ordering, input_files, is_current, require_bill
 from transforms.runs.monthly import MonthlyOptions, run_monthly
@@ -92,10 +92,10 @@ def deliver(home: str) -> dict:
     try:
         run_id = start_run(con, "deliver", f"{date.today():%Y-%m-%d}")
         with failing_closes(con, run_id):
-            started = datetime.now()
-            delivered = deliver_owed(con, Path(home))
+            steps = StepTimer()
+            delivered = deliver_owed(con, Path(home), steps=steps)
             finish_run(con, run_id, "SUCCESS", "", output_files=delivered["files"], checks=delivered,
-                       timings={"seconds": round((datetime.now() - started).total_seconds(), 3)})
+                       timings=steps.as_dict())
         return delivered
     finally:
         con.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,22 @@ def test_backfill_grades_every_month_with_a_complete_window(province):
         assert con.execute("SELECT count(*) FROM ops.run_ledger WHERE status <> 'SUCCESS'").fetchone() == (0,)
     finally:
         con.close()
+
+
+def test_each_delivery_in_the_ledger_times_its_files_publication_and_reports(province):
+    """Where a delivery's time goes (bench/ reads it): a deliver row of ops.run_ledger times its channel files,
+    its publication and its reports, within its total; the backfill's last one published and wrote reports."""
+    home, _ = province
+    con = connect(home, read_only=True)
+    try:
+        rows = [json.loads(t) for (t,) in con.execute(
+            "SELECT timings FROM ops.run_ledger WHERE flow = 'deliver' ORDER BY started_at").fetchall()]
+    finally:
+        con.close()
+    assert rows and all({"files", "reports"} <= set(r["steps"]) for r in rows)
+    assert all(sum(r["steps"].values()) <= r["seconds"] + 0.005 for r in rows)
+    published = [r for r in rows if "publish" in r["steps"]]
+    assert published and published[-1]["steps"]["reports"] > 0
 
 
 def test_second_backfill_changes_nothing(province):

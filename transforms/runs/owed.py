@@ -20,6 +20,7 @@ import duckdb
 from transforms.deliver.outbox import write_new
 from transforms.deliver.render import OutFile
 from transforms.core.calendar import Month
+from transforms.runs.ledger import StepTimer
 from transforms.runs.publish import publish
 from transforms.warehouse.db import transaction
 
@@ -92,18 +93,24 @@ def done(con: duckdb.DuckDBPyConnection, effect: str, target: str) -> None:
         con.execute("DELETE FROM ops.owed WHERE effect = ? AND target = ?", [effect, target])
 
 
-def deliver_owed(con: duckdb.DuckDBPyConnection, home: Path, publishing: bool = True) -> dict:
+def deliver_owed(con: duckdb.DuckDBPyConnection, home: Path, publishing: bool = True,
+                 steps: StepTimer | None = None) -> dict:
     """Delivers what is owed, in order: the channel files, then (unless `publishing` is off: a run publishes once,
-    at its end) the analysts' copy and the reports of the months graded since, which read it."""
-    files = deliver_files(con, home)
+    at its end) the analysts' copy and the reports of the months graded since, which read it. `steps` times each
+    (files, publish, reports)."""
+    steps = steps or StepTimer()
+    with steps("files"):
+        files = deliver_files(con, home)
     owed = owed_effects(con) if publishing else []
     if any(effect == PUBLISH for effect, _, _ in owed):
-        publish(con, home)
-        done(con, PUBLISH, "")
+        with steps("publish"):
+            publish(con, home)
+            done(con, PUBLISH, "")
     reports = [target for effect, target, _ in owed if effect == REPORT]
-    if reports:
-        from transforms.report.monthly_page import write_report  # plotly: imported only when a report is due
-    for month in reports:
-        write_report(home, Month.parse(month))
-        done(con, REPORT, month)
+    with steps("reports"):
+        if reports:
+            from transforms.report.monthly_page import write_report  # plotly: imported only when a report is due
+        for month in reports:
+            write_report(home, Month.parse(month))
+            done(con, REPORT, month)
     return {"files": [f.relpath for f in files], "published": bool(owed), "reports": reports}
