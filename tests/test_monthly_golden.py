@@ -16,6 +16,7 @@ from transforms.quality.gates import GateFailed
 from transforms.grade.rulepack import METRIC_CATALOGUE, load_pack
 from transforms.warehouse import inputs, ranges
 from transforms.warehouse.db import connect, snapshot_date_for
+from transforms.warehouse.marts import write_tier_assignment
 from transforms.core.resources import rules_dir
 
 PACK = load_pack(rules_dir() / "six-star.yaml")
@@ -198,6 +199,30 @@ def test_july_regraded_in_ranges_of_two_subscribers_writes_the_same_tables(grade
     assert (again.subscribers, again.changes, again.tiers) == (results[JUL].subscribers, results[JUL].changes,
                                                                results[JUL].tiers)
     assert again.changes == {"DOWNGRADE": 1, "LOST": 1, "NEW": 1, "UPGRADE": 2}  # test_july_changes_by_hand
+
+
+def test_a_months_tiers_are_stored_in_subs_id_order_whatever_the_order_handed_in(graded):
+    """mart.tier_assignment keeps a month's rows in subs_id order (range filters prune by it), written without a
+    sort when the graded frame is in that order, as it is, and sorted when it is not."""
+    con, _ = graded
+    def stored():
+        return [s for (s,) in con.execute("SELECT subs_id FROM mart.tier_assignment WHERE grade_month = ? "
+                                          "ORDER BY rowid", [JUL.first_day]).fetchall()]
+    as_graded = stored()
+    assert as_graded == sorted(as_graded) and len(as_graded) >= 10
+    rows = con.execute("SELECT * FROM mart.tier_assignment WHERE grade_month = ? ORDER BY ALL",
+                       [JUL.first_day]).fetchall()
+    metrics = inputs.grading_metrics(con, JUL, snapshot_date_for(con, JUL), inputs.metrics_read(PACK))
+    assignment = con.sql("SELECT subs_id, tier, reason, computed_tier, protected, tags FROM mart.tier_assignment "
+                         "WHERE grade_month = $m ORDER BY subs_id DESC", params={"m": JUL.first_day}).pl()
+    con.execute("BEGIN")
+    try:
+        write_tier_assignment(con, JUL, PACK.version, metrics.reverse(), assignment, inputs.active_overrides(con, JUL))
+        assert stored() == as_graded
+        assert con.execute("SELECT * FROM mart.tier_assignment WHERE grade_month = ? ORDER BY ALL",
+                           [JUL.first_day]).fetchall() == rows
+    finally:
+        con.execute("ROLLBACK")
 
 
 def test_a_rank_pack_graded_in_ranges_ranks_the_whole_population(graded, monkeypatch):

@@ -33,8 +33,10 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
     behind = overrides.select("subs_id", override_id="override_id", override_reason="reason",
                               override_approved_by="approved_by")
     rows = (assignment.join(metrics.select("subs_id", "region_code", *sorted(STORED_METRICS)), on="subs_id",
-                            how="left")
-            .join(behind, on="subs_id", how="left"))
+                            how="left", maintain_order="left")
+            .join(behind, on="subs_id", how="left", maintain_order="left"))
+    if not rows["subs_id"].is_sorted():  # stored in subs_id order (ranges prune by it); a graded frame already is
+        rows = rows.sort("subs_id")
     con.execute(f"DELETE FROM mart.tier_assignment WHERE grade_month = $m AND {span.sql()}",
                 {"m": month.first_day, **span.params})
     mark_changed(con, "tier_assignment", month.first_day)
@@ -47,7 +49,7 @@ def write_tier_assignment(con: duckdb.DuckDBPyConnection, month: Month, version:
                    CASE WHEN reason = $override THEN override_id END,
                    CASE WHEN reason = $override THEN override_reason END,
                    CASE WHEN reason = $override THEN override_approved_by END
-            FROM assigned ORDER BY subs_id""", {"m": month.first_day, "version": version, "override": OVERRIDE_REASON})
+            FROM assigned""", {"m": month.first_day, "version": version, "override": OVERRIDE_REASON})
     finally:
         con.unregister("assigned")
 
