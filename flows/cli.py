@@ -198,13 +198,13 @@ def cmd_backfill(args, home: Path) -> int:
 
 
 def has_files_to_read(home: Path, day) -> bool:
-    """Whether tonight has a delivered file the warehouse does not know (load.to_read), as far as a look in
+    """Whether tonight has a delivered file the warehouse does not know (in_use.to_read), as far as a look in
     read-only mode tells: False when it cannot tell (another process holds the warehouse, whose lock the run will
     wait for, or a state only the run's recovery mends): the run then starts GE's process at its first file."""
     import duckdb
 
     from transforms.ingest.landing import scan_landing
-    from transforms.ingest.load import to_read
+    from transforms.ingest.in_use import to_read  # not load: its imports would delay GE's process
     from transforms.warehouse.db import connect, warehouse_path
     deliveries = scan_landing(home, up_to=parse_day(day)).delivered
     if not deliveries or not warehouse_path(home).exists():

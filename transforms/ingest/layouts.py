@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from transforms.core.calendar import Month, parse_day
+
+if TYPE_CHECKING:
+    import polars as pl
 
 KINDS = ("ACCT", "BILL", "SUSP", "REDEEM", "OVERRIDE")
 _NAME_RE = re.compile(r"\A(ACCT|BILL|SUSP|REDEEM|OVERRIDE)_([0-9]{6}|[0-9]{8})\.dat\Z")
@@ -115,13 +117,14 @@ LAYOUTS: dict[str, tuple[Field, ...]] = {
 # Key unique within a file: the first occurrence is loaded, later ones are DUPLICATE_KEY. BILL has none.
 KEYS = {"ACCT": "subs_id", "SUSP": "event_id", "REDEEM": "txn_id", "OVERRIDE": "override_id"}
 
-_DTYPES = {"text": pl.String, "enum": pl.String, "flag": pl.Boolean, "date": pl.Date,
-           "timestamp": pl.Datetime("us"), "month": pl.Date, "integer": pl.Int64}
-
 
 def record_schema(kind: str) -> dict[str, pl.DataType]:
     """Columns and dtypes of ParsedFile.records for a kind."""
-    schema = {f.name: _DTYPES[f.type] for f in LAYOUTS[kind]}
+    import polars as pl  # here: the names and layouts are read before any file is (in_use.to_read)
+
+    dtypes = {"text": pl.String, "enum": pl.String, "flag": pl.Boolean, "date": pl.Date,
+              "timestamp": pl.Datetime("us"), "month": pl.Date, "integer": pl.Int64}
+    schema = {f.name: dtypes[f.type] for f in LAYOUTS[kind]}
     schema["line_no"] = pl.Int64
     return schema
 

@@ -22,11 +22,12 @@ import polars as pl
 from transforms.core.calendar import parse_day
 from transforms.ingest.control import Checksum, FileRejected, read_control
 from transforms.ingest.extracts import QUARANTINE_SCHEMA, ParsedFile, parse_extract, parse_extract_parts, read_lines
+from transforms.ingest.in_use import delivery_in_use, seen_before, to_read
 from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import ExtractName, field_names, parse_extract_name
 from transforms.quality.gates import GateFailed, gate_raw_file
 from transforms.quality.suites import warm_up_in_background
-from transforms.warehouse.db import first_row, in_any_order, scalar, transaction
+from transforms.warehouse.db import in_any_order, scalar, transaction
 
 DEFAULT_MAX_QUARANTINE_SHARE = 0.01
 OnRecord = Callable[[duckdb.DuckDBPyConnection, Delivery, str], None]
@@ -76,13 +77,13 @@ def ingest_delivery(con: duckdb.DuckDBPyConnection, home: Path, delivery: Delive
     that the run's own rules refuse (an override naming a tier its pack does not have). `parse` reads the file
     in parts (extracts.parse_extract_parts, or in byte ranges on other processes: runs.shards.parse_on_shards)."""
     name = delivery.name
-    current = _current(con, name)
+    current = delivery_in_use(con, name)
     if current is not None and current[0] > delivery.day:
         return _record_superseded(con, home, delivery, run_id, f"a newer delivery of {current[0]:%Y%m%d} is in use",
                                   on_record)
     try:
         control = read_control(delivery.chk_path)
-        if _seen_before(delivery, control, current):
+        if seen_before(delivery, control, current):
             return IngestResult(name.file_name, delivery.day, "UNCHANGED")
         warm_up_in_background()  # gate 1 below needs GE: imported while this file is hashed and parsed
         checksum = Checksum(delivery.dat_path, control)  # the MD5 on a thread, while the file is loaded
@@ -138,25 +139,6 @@ class _Tally:
         return pl.concat([pl.DataFrame(schema=QUARANTINE_SCHEMA), *self._defects, *(self._repeats if repeats else [])])
 
 
-def to_read(con: duckdb.DuckDBPyConnection, deliveries: Iterable[Delivery]) -> list[Delivery]:
-    """The deliveries ingest_delivery would read (and gate): neither replaced by a newer delivery of their file
-    nor recorded before under their control file. A malformed control file counts as one to read."""
-    in_use = {row[0]: row[1:] for row in con.execute(
-        f"{_IN_USE} QUALIFY row_number() OVER (PARTITION BY file_name ORDER BY day DESC) = 1").fetchall()}
-    found = []
-    for delivery in deliveries:
-        current = in_use.get(delivery.name.file_name)
-        if current is not None and current[0] > delivery.day:
-            continue
-        try:
-            if _seen_before(delivery, read_control(delivery.chk_path), current):
-                continue
-        except FileRejected:
-            pass
-        found.append(delivery)
-    return found
-
-
 class ParseAhead:
     """A Parse for ingest_delivery that parses the next ACCT snapshot to read (parsed whole, its duplicate keys
     found over the file: the largest part of a month's ingest after BILL) on a thread while the files delivered
@@ -205,24 +187,6 @@ def _parse_into(future: Future, parse: Parse, args: tuple) -> None:
 
 def _parts_of(future: Future) -> Iterator[ParsedFile]:
     yield from future.result()
-
-
-# file_name and (day, md5, status, byte_size) of the deliveries loaded or refused: a file's latest is in use
-_IN_USE = "SELECT file_name, day, md5, status, byte_size FROM ops.delivery WHERE status IN ('LOADED', 'REJECTED')"
-
-
-def _current(con, name: ExtractName) -> tuple | None:
-    """(day, md5, status, byte_size) of the file's delivery in use."""
-    row = first_row(con, f"{_IN_USE} AND file_name = ? ORDER BY day DESC LIMIT 1", [name.file_name])
-    return row[1:] if row else None
-
-
-def _seen_before(delivery: Delivery, control, current) -> bool:
-    """This very delivery was verified and recorded before: same day, its control file names the MD5 and size
-    recorded then, and the file still has that size. A delivery is known by its control file, so a nightly run
-    with nothing new reads no file whole (a sender replacing a file delivers a new control file with it)."""
-    return (current is not None and current[0] == delivery.day and current[1] == control.md5
-            and current[3] == control.byte_size == delivery.dat_path.stat().st_size)
 
 
 def _quarantined_too(parsed: ParsedFile, refused: pl.DataFrame, delivery: Delivery, encoding: str) -> ParsedFile:
