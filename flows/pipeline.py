@@ -115,12 +115,12 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
         period = max(wanted) if wanted else (up_to or date.today())
         run_id = start_run(con, "ingest", f"{period:%Y-%m-%d}")
         with failing_closes(con, run_id):
-            started = datetime.now()
+            steps = StepTimer()
             parse = parser_of_run(home, run_id) or parse_extract_parts  # BILL in byte ranges when on Dask
             try:
                 results = nightly.ingest(con, Path(home), deliveries, run_id, load_channels(),
                                          cache(_default_pack_in_force), max_quarantine_share,
-                                         quality_dir(Path(home), run_id), parse)
+                                         quality_dir(Path(home), run_id), parse, steps)
             except DaskError as exc:
                 raise RunFailed(str(exc)) from None
             finally:
@@ -128,15 +128,16 @@ def ingest_deliveries(home: str, up_to: date | None = None, days: tuple[tuple[da
             changed = [r for r in results if r.status != "UNCHANGED"]
             for r in changed:
                 progress(f"  {r.line()}")
-            problems = reconciliation_failures(con, [r.file_name for r in changed if r.status == "LOADED"])
+            with steps("reconcile"):
+                problems = reconciliation_failures(con, [r.file_name for r in changed if r.status == "LOADED"])
             if problems:
                 raise RunFailed(f"reconciliation failed: {problems[0]}")
-            deliver_owed(con, Path(home), publishing=False)  # the nightly notices of the snapshots loaded
+            with steps("notices"):
+                deliver_owed(con, Path(home), publishing=False)  # the nightly notices of the snapshots loaded
             finish_run(con, run_id, "SUCCESS", "",
                        input_files=[{"file": r.file_name, "day": str(r.day), "status": r.status,
                                      "loaded": r.loaded, "quarantined": r.quarantined} for r in changed],
-                       checks={"reconciliation": "ok"},
-                       timings={"seconds": round((datetime.now() - started).total_seconds(), 3)})
+                       checks={"reconciliation": "ok"}, timings=steps.as_dict())
         return {"loaded": sum(r.status == "LOADED" for r in results),
                 "bills": [r.file_name for r in results if r.status == "LOADED" and r.file_name.startswith("BILL_")],
                 "rejected": [r.line() for r in results if r.status == "REJECTED"],

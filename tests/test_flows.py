@@ -71,6 +71,22 @@ def test_each_delivery_in_the_ledger_times_its_files_publication_and_reports(pro
     assert published and published[-1]["steps"]["reports"] > 0
 
 
+def test_each_ingest_in_the_ledger_times_the_kinds_of_file_it_read(province):
+    """An ingest row of ops.run_ledger times its deliveries by kind (a step per kind of the files it loaded),
+    the reconciliation and the snapshots' notices, within its total."""
+    home, _ = province
+    con = connect(home, read_only=True)
+    try:
+        rows = [(json.loads(t), json.loads(f)) for t, f in con.execute(
+            "SELECT timings, input_files FROM ops.run_ledger WHERE flow = 'ingest' ORDER BY started_at").fetchall()]
+    finally:
+        con.close()
+    loaded = [(timings, {f["file"].split("_")[0].lower() for f in files}) for timings, files in rows if files]
+    assert loaded and any({"acct", "bill"} <= kinds for _, kinds in loaded)
+    assert all(kinds | {"reconcile", "notices"} <= set(timings["steps"]) for timings, kinds in loaded)
+    assert all(sum(t["steps"].values()) <= t["seconds"] + 0.005 for t, _ in rows)
+
+
 def test_second_backfill_changes_nothing(province):
     home, _ = province
     before = table_digest(home)

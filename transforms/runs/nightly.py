@@ -22,15 +22,20 @@ from transforms.ingest.landing import Delivery
 from transforms.ingest.layouts import REVOKED_TIER, ExtractName
 from transforms.ingest.extracts import parse_extract_parts
 from transforms.ingest.load import IngestResult, Parse, ParseAhead, ingest_delivery
+from transforms.runs.ledger import StepTimer
 from transforms.runs.owed import PUBLISH, owe, owe_files, owed_folder
 from transforms.runs.shards import keep_bill_sums
 
 
 def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery], run_id: str,
            channels: list[Channel], pack_for: Callable[[Month], RulePack | None], max_quarantine_share: float,
-           results_dir: Path | None, parse: Parse = parse_extract_parts) -> list[IngestResult]:
+           results_dir: Path | None, parse: Parse = parse_extract_parts,
+           steps: StepTimer | None = None) -> list[IngestResult]:
     """Loads each delivery in order; `pack_for(month)` is the pack in force for a grading month (None before its
-    first version); `parse` reads a file (load.ingest_delivery), the next ACCT snapshot ahead (load.ParseAhead)."""
+    first version); `parse` reads a file (load.ingest_delivery), the next ACCT snapshot ahead (load.ParseAhead).
+    `steps` times the deliveries by kind (`acct`, `bill`, ...: with what commits with them, such as a snapshot's
+    LOST notices, and the first gate's wait for Great Expectations)."""
+    steps = steps or StepTimer()
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
         if status == "LOADED" and delivery.name.kind == "BILL":
@@ -46,8 +51,9 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
 
     ahead, results = ParseAhead(con, deliveries, parse), []
     for delivery in deliveries:
-        results.append(ingest_delivery(con, home, delivery, run_id, max_quarantine_share, results_dir, on_record,
-                                       check_records, ahead))
+        with steps(delivery.name.kind.lower()):
+            results.append(ingest_delivery(con, home, delivery, run_id, max_quarantine_share, results_dir,
+                                           on_record, check_records, ahead))
         ahead.ingested(delivery)
     return results
 
