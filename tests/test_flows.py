@@ -12,6 +12,7 @@ from flows.pipeline import backfill_flow
 from tests.builders import deliver
 from transforms.core.calendar import Month
 from transforms.synth.generate import generate_province
+from transforms.ingest.layouts import parse_extract_name
 from transforms.warehouse.db import connect
 
 pytestmark = pytest.mark.flow
@@ -81,7 +82,8 @@ def test_each_ingest_in_the_ledger_times_the_kinds_of_file_it_read(province):
             "SELECT timings, input_files FROM ops.run_ledger WHERE flow = 'ingest' ORDER BY started_at").fetchall()]
     finally:
         con.close()
-    loaded = [(timings, {f["file"].split("_")[0].lower() for f in files}) for timings, files in rows if files]
+    loaded = [(timings, {parse_extract_name(f["file"]).kind.lower() for f in files}) for timings, files in rows
+              if files]
     assert loaded and any({"acct", "bill"} <= kinds for _, kinds in loaded)
     assert all(kinds | {"reconcile", "notices"} <= set(timings["steps"]) for timings, kinds in loaded)
     assert all(sum(t["steps"].values()) <= t["seconds"] + 0.005 for t, _ in rows)

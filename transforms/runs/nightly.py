@@ -36,6 +36,7 @@ def ingest(con: duckdb.DuckDBPyConnection, home: Path, deliveries: list[Delivery
     `steps` times the deliveries by kind (`acct`, `bill`, ...: with what commits with them, such as a snapshot's
     LOST notices, and the first gate's wait for Great Expectations)."""
     steps = steps or StepTimer()
+
     def on_record(con, delivery: Delivery, status: str) -> None:
         owe(con, PUBLISH, "", run_id)
         if status == "LOADED" and delivery.name.kind == "BILL":
